@@ -1,0 +1,19 @@
+# Every dependency comes from Debian's archive (scripts/setup.sh installs them); README.md
+# says why each is here.
+find_package(Threads REQUIRED)
+find_package(nlohmann_json 3.9 REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(fmt REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(SQLite3 REQUIRED)
+
+# libtorch: Debian's CPU build (1.13) by default; a CUDA libtorch 2.x from a PyTorch wheel is
+# picked up with -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)').
+find_package(Torch REQUIRED)
+
+if(USERIP_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(USERIP_BUILD_BENCHMARKS)
+  find_package(benchmark REQUIRED)
+endif()

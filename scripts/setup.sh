@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs every Debian package userip needs and builds it. Idempotent: re-running only
+# installs what is missing and rebuilds what changed.
+#
+#   scripts/setup.sh [--no-build] [--build-dir DIR] [--build-type TYPE] [-- extra cmake args]
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build_dir="$here/build"
+build_type="Release"
+do_build=1
+extra_cmake=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-build) do_build=0 ;;
+    --build-dir) build_dir="$2"; shift ;;
+    --build-type) build_type="$2"; shift ;;
+    --) shift; extra_cmake=("$@"); break ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# Why each package is here is written in README.md ("Dependencies").
+packages=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
+  libfaiss-dev libsentencepiece-dev sentencepiece
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
+  libsqlite3-dev sqlite3 libcpp-httplib-dev libgloo-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  r-base-core r-cran-dslabs
+)
+# node runs the independent GPT-2 tokenizer reference in the tests; a machine that already
+# has a node/npm of its own (not from Debian) keeps it.
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}" >&2
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ "$do_build" -eq 1 ]; then
+  generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+    cmake -S "$here" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE="$build_type" "${extra_cmake[@]}"
+  elif [ ${#extra_cmake[@]} -gt 0 ]; then
+    cmake -S "$here" -B "$build_dir" "${extra_cmake[@]}"
+  fi
+  cmake --build "$build_dir" --parallel "$(nproc)"
+fi

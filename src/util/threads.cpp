@@ -1,0 +1,63 @@
+#include "userip/util/threads.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <thread>
+
+#include "userip/util/error.h"
+
+namespace userip {
+
+namespace {
+using SetThreadsFn = void (*)(int);
+using GetConfigFn = char* (*)();
+}  // namespace
+
+int hardware_threads() {
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+BlasInfo detect_blas() {
+  BlasInfo info;
+  // libtorch links libblas.so.3; OpenBLAS exports openblas_get_config, the reference BLAS does not.
+  if (auto get_config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+    info.is_openblas = true;
+    info.name = "OpenBLAS";
+    if (const char* config = get_config()) info.config = config;
+    return info;
+  }
+  Dl_info where{};
+  void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");
+  if (sgemm && dladdr(sgemm, &where) && where.dli_fname) {
+    info.name = where.dli_fname;
+  } else {
+    info.name = "unknown";
+  }
+  return info;
+}
+
+int configure_threads(int threads) {
+  USERIP_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores), got {}", threads);
+  int n = threads == 0 ? hardware_threads() : threads;
+  at::set_num_threads(n);
+  // Inter-op parallelism only helps graphs with independent branches; ours are sequential,
+  // and a second pool would compete with the intra-op one for the same cores.
+  static bool interop_set = false;
+  if (!interop_set) {
+    try {
+      at::set_num_interop_threads(1);
+    } catch (const std::exception&) {
+      // Already started by an earlier parallel call: harmless, keep its setting.
+    }
+    interop_set = true;
+  }
+  if (auto set_blas = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+    set_blas(n);
+  }
+  return n;
+}
+
+}  // namespace userip

@@ -1,0 +1,44 @@
+#pragma once
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "userip/util/random.h"
+
+namespace userip::testing {
+
+// A fresh directory under the system temp dir, removed when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    std::string name = std::string("userip-") + (info ? info->test_suite_name() : "t") + "-" +
+                       (info ? info->name() : "x") + "-" + std::to_string(::getpid());
+    path_ = std::filesystem::temp_directory_path() / name;
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+  std::filesystem::path write(const std::string& name, const std::string& contents) const {
+    auto p = path_ / name;
+    std::ofstream(p, std::ios::binary) << contents;
+    return p;
+  }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Runs the userip command-line program with `args`; returns its exit status and fills `output`
+// with stdout and stderr together.
+int run_cli(const std::string& args, std::string* output = nullptr);
+
+}  // namespace userip::testing

@@ -1,0 +1,68 @@
+// userip: infer user profiles with a frozen language model, quantize them into profile IDs,
+// and use them in CTR models. This file wires the subcommands; the work is in the library.
+#include <cstdio>
+#include <exception>
+#include <vector>
+
+#include "commands.h"
+#include "userip/util/error.h"
+#include "userip/util/log.h"
+#include "userip/util/threads.h"
+
+namespace userip::cli {
+
+namespace {
+std::vector<std::pair<CLI::App*, Action>>& actions() {
+  static std::vector<std::pair<CLI::App*, Action>> registered;
+  return registered;
+}
+}  // namespace
+
+void on_run(CLI::App* command, Action action) { actions().emplace_back(command, std::move(action)); }
+
+}  // namespace userip::cli
+
+int main(int argc, char** argv) {
+  using namespace userip;
+  CLI::App app{
+      "userip: infer each user's latent profile with a frozen language model (UserIP-Tuning),\n"
+      "quantize it into profile IDs, and measure and serve them in CTR models."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "userip 0.1.0");
+  cli::GlobalOptions global;
+  app.add_option("--threads", global.threads, "Threads for ATen and OpenBLAS (0 = all cores)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--log-level", global.log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
+
+  cli::add_data_commands(app, global);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    log_init(global.log_level);
+    int threads = configure_threads(global.threads);
+    BlasInfo blas = detect_blas();
+    if (!blas.is_openblas) {
+      spdlog::warn("the BLAS in use is {} rather than OpenBLAS: linear algebra will be about 10x slower; "
+                   "install it with scripts/setup.sh (package libopenblas0-pthread)",
+                   blas.name);
+    }
+    spdlog::debug("threads: {}; BLAS: {} {}", threads, blas.name, blas.config);
+    for (auto& [command, action] : cli::actions()) {
+      if (command->parsed()) action();
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
