@@ -63,6 +63,8 @@ if [ ! -f "$here/.cache/npm/node_modules/gpt-3-encoder/package.json" ] ||
 fi
 
 if [ "$do_build" -eq 1 ]; then
+  # ccache hits across checkouts in different folders (CI clones elsewhere) and across -g builds.
+  export CCACHE_BASEDIR="$here" CCACHE_NOHASHDIR=1
   generator=()
   command -v ninja >/dev/null && generator=(-G Ninja)
   if [ ! -f "$build_dir/CMakeCache.txt" ]; then

@@ -35,8 +35,11 @@ class IdDictionary {
     return dense;
   }
   std::uint32_t find_or_add(std::string_view id) {
-    if (auto found = find(id)) return *found;
-    return add(id);
+    // Logs are usually grouped by user: the previous row's id saves a hash lookup.
+    if (last_ < ids_.size() && ids_[last_] == id) return last_;
+    auto found = find(id);
+    last_ = found ? *found : add(id);
+    return last_;
   }
   std::vector<std::string>& ids() { return ids_; }
   std::size_t size() const { return ids_.size(); }
@@ -45,6 +48,7 @@ class IdDictionary {
   std::unordered_map<std::string, std::uint32_t> index_;
   std::vector<std::string> ids_;
   std::string key_;
+  std::uint32_t last_ = UINT32_MAX;
 };
 
 // A row that cannot be imported: fatal, or counted and quoted when skipping bad rows.

@@ -124,15 +124,17 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
     cmd->add_option("--field-kind", *kinds, "Force a field's kind: NAME=text|category|category_list|number");
     cmd->add_flag("--skip-bad-rows", o->skip_bad_rows,
                   "Skip malformed rows and report their count and first examples instead of stopping");
+    auto no_split = std::make_shared<bool>(false);
+    cmd->add_flag("--no-split", *no_split, "Import only; cut the split later with `userip data split`");
     add_split_options(cmd, *split);
-    on_run(cmd, [o, split, items, kinds, separator] {
+    on_run(cmd, [o, split, items, kinds, separator, no_split] {
       split->validate();
       if (!items->empty()) o->items = *items;
       USERIP_CHECK(separator->size() == 1, "--list-separator must be one character, got '{}'", *separator);
       o->list_separator = (*separator)[0];
       o->field_kinds = parse_field_kinds(*kinds);
       print_report(data::import_dataset(*o), o->out);
-      split_and_store(o->out, *split);
+      if (!*no_split) split_and_store(o->out, *split);
     });
   }
 

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults, from a fresh Debian 12 machine: installs and builds
+# what is missing, exports MovieLens ml-latest-small from Debian's r-cran-dslabs into the
+# project's dataset format with the default split, and prints its statistics.
+# Later stages (default LM, profile fit, feature bank, CTR experiment, report) join this script
+# as they land. Outputs go to runs/movielens/ (override with USERIP_RUN_DIR).
+#
+#   scripts/run_pipeline.sh [--threads N] [--seed S]
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+threads=0
+seed=42
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) threads="$2"; shift ;;
+    --seed) seed="$2"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "run_pipeline.sh: unknown option '$1'" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+bash "$here/scripts/setup.sh" --build-dir "$here/build"
+userip=("$here/build/bin/userip" --threads "$threads")
+run_dir="${USERIP_RUN_DIR:-$here/runs/movielens}"
+mkdir -p "$run_dir"
+
+dataset="$run_dir/dataset"
+if [ -f "$dataset/manifest.json" ] && [ -f "$dataset/split.json" ] &&
+   grep -q "\"seed\": $seed," "$dataset/split.json"; then
+  echo "== dataset: $dataset exists with split seed $seed, reusing it"
+else
+  echo "== dataset: exporting MovieLens ml-latest-small from r-cran-dslabs"
+  "${userip[@]}" data movielens --out "$dataset" --seed "$seed"
+fi
+
+echo "== dataset statistics"
+"${userip[@]}" data stats --dataset "$dataset" | tee "$run_dir/dataset_stats.txt"
+"${userip[@]}" data stats --dataset "$dataset" --json > "$run_dir/dataset_stats.json"
+
+echo
+echo "outputs in $run_dir"
