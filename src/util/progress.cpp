@@ -73,6 +73,7 @@ std::string ProgressBar::render(double elapsed) const {
 }
 
 void ProgressBar::maybe_draw(bool force) {
+  if (!enabled_) return;
   auto now = std::chrono::steady_clock::now();
   double since_draw = seconds_between(last_draw_, now);
   if (!force && since_draw < (interactive_ ? kTerminalRedrawSeconds : kLogLineSeconds)) return;
@@ -90,7 +91,7 @@ void ProgressBar::finish() {
   if (finished_) return;
   finished_ = true;
   maybe_draw(true);
-  if (interactive_) std::fputc('\n', sink_);
+  if (enabled_ && interactive_) std::fputc('\n', sink_);
   std::fflush(sink_);
 }
 

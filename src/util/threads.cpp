@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "userip/util/error.h"
@@ -22,19 +23,22 @@ int hardware_threads() {
 
 BlasInfo detect_blas() {
   BlasInfo info;
-  // libtorch links libblas.so.3; OpenBLAS exports openblas_get_config, the reference BLAS does not.
-  if (auto get_config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
-    info.is_openblas = true;
-    info.name = "OpenBLAS";
-    if (const char* config = get_config()) info.config = config;
-    return info;
-  }
+  // What matters is who provides sgemm_, the symbol libtorch calls: Debian's libblas.so.3 is an
+  // alternatives link, and OpenBLAS may be loaded (through liblapack) while the reference BLAS
+  // still serves sgemm_.
   Dl_info where{};
   void* sgemm = dlsym(RTLD_DEFAULT, "sgemm_");
-  if (sgemm && dladdr(sgemm, &where) && where.dli_fname) {
-    info.name = where.dli_fname;
-  } else {
-    info.name = "unknown";
+  if (!sgemm || !dladdr(sgemm, &where) || !where.dli_fname) {
+    info.name = "unknown (no sgemm_ symbol)";
+    return info;
+  }
+  std::error_code ec;
+  std::string resolved = std::filesystem::canonical(where.dli_fname, ec).string();
+  if (ec) resolved = where.dli_fname;
+  info.is_openblas = resolved.find("openblas") != std::string::npos;
+  info.name = info.is_openblas ? "OpenBLAS" : resolved;
+  if (auto get_config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
+    if (info.is_openblas && get_config()) info.config = get_config();
   }
   return info;
 }

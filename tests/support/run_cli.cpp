@@ -7,8 +7,9 @@
 
 namespace userip::testing {
 
-int run_cli(const std::string& args, std::string* output) {
-  std::string command = std::string(USERIP_CLI) + " " + args + " 2>&1";
+int run_cli(const std::string& args, std::string* output, const std::string& environment) {
+  std::string command = (environment.empty() ? "" : "env " + environment + " ") + std::string(USERIP_CLI) + " " +
+                        args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return -1;
   std::array<char, 4096> buffer{};

@@ -37,8 +37,8 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-// Runs the userip command-line program with `args`; returns its exit status and fills `output`
-// with stdout and stderr together.
-int run_cli(const std::string& args, std::string* output = nullptr);
+// Runs the userip command-line program with `args` (after `environment`, e.g. "VAR=1"); returns
+// its exit status and fills `output` with stdout and stderr together.
+int run_cli(const std::string& args, std::string* output = nullptr, const std::string& environment = "");
 
 }  // namespace userip::testing

@@ -83,7 +83,7 @@ TEST(Files, MissingFileNamesThePath) {
 TEST(Progress, RendersRateEtaAndMetric) {
   ProgressBar bar("fit", 100, "users");
   bar.set_interactive(false);
-  bar.set_sink(std::tmpfile());
+  bar.disable();
   bar.set(50);
   bar.set_metric("nll 2.31");
   std::string line = bar.render(10.0);
@@ -99,6 +99,18 @@ TEST(Threads, ConfiguresRequestedCountAndDetectsBlas) {
   EXPECT_THROW(configure_threads(-1), Error);
   BlasInfo blas = detect_blas();
   EXPECT_FALSE(blas.name.empty());
+}
+
+TEST(Threads, WarnsAtStartUpWhenTheBlasIsNotOpenBlas) {
+  const char* reference_blas_dir = "/usr/lib/x86_64-linux-gnu/blas";
+  if (!fs::exists(fs::path(reference_blas_dir) / "libblas.so.3")) {
+    GTEST_SKIP() << "Debian's reference BLAS (libblas3) is not installed";
+  }
+  std::string output;
+  testing::run_cli("data stats --dataset /nonexistent", &output, std::string("LD_LIBRARY_PATH=") + reference_blas_dir);
+  EXPECT_NE(output.find("rather than OpenBLAS"), std::string::npos) << output;
+  testing::run_cli("data stats --dataset /nonexistent", &output);
+  if (detect_blas().is_openblas) EXPECT_EQ(output.find("rather than OpenBLAS"), std::string::npos) << output;
 }
 
 }  // namespace

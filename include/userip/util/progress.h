@@ -25,6 +25,8 @@ class ProgressBar {
 
   // Forces plain-line mode or terminal mode (tests); by default detected from stderr.
   void set_interactive(bool interactive) { interactive_ = interactive; }
+  // Draws nothing at all (quiet runs, tests).
+  void disable() { enabled_ = false; }
   // Where non-interactive lines go; tests redirect it. Default: stderr.
   void set_sink(std::FILE* sink) { sink_ = sink; }
 
@@ -42,6 +44,7 @@ class ProgressBar {
   std::string metric_;
   bool interactive_;
   bool finished_ = false;
+  bool enabled_ = true;
   std::FILE* sink_;
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;
