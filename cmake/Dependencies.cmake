@@ -6,11 +6,11 @@ find_package(CLI11 REQUIRED)
 find_package(fmt REQUIRED)
 find_package(spdlog REQUIRED)
 find_package(SQLite3 REQUIRED)
-# text: PCRE2 for the Unicode-property pre-tokenizer regexes of byte-level BPE; libsentencepiece
-# for SentencePiece models and training. Neither ships a CMake package on Debian.
+# text: PCRE2 for the Unicode-property pre-tokenizer regexes of byte-level BPE (no CMake package
+# on Debian). libsentencepiece is deliberately not linked: its private protobuf copy clashes with
+# libtorch's libprotobuf; its spm_train / spm_encode tools are run as programs instead.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
-pkg_check_modules(SentencePiece REQUIRED IMPORTED_TARGET sentencepiece)
 
 # libtorch: Debian's CPU build (1.13) by default; a CUDA libtorch 2.x from a PyTorch wheel is
 # picked up with -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)').

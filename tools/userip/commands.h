@@ -19,5 +19,6 @@ using Action = std::function<void()>;
 void on_run(CLI::App* command, Action action);
 
 void add_data_commands(CLI::App& app, GlobalOptions& global);
+void add_lm_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace userip::cli

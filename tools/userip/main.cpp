@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
 
   cli::add_data_commands(app, global);
+  cli::add_lm_commands(app, global);
 
   try {
     app.parse(argc, argv);

@@ -30,6 +30,9 @@ class Tokenizer {
   virtual std::string token_text(std::int32_t id) const = 0;
   // "bpe" or "sentencepiece", for `lm info`.
   virtual std::string kind() const = 0;
+  // The id of a vocabulary entry given as stored (the inverse of token_text), or -1. The
+  // default scans the vocabulary; the built-in tokenizers override it with a lookup.
+  virtual std::int32_t token_id(std::string_view token) const;
 
   const SpecialTokens& specials() const { return specials_; }
   void set_specials(const SpecialTokens& specials) { specials_ = specials; }
@@ -44,5 +47,14 @@ class Tokenizer {
 // merges.txt, else tokenizer.model (SentencePiece). Special tokens from tokenizer_config.json,
 // special_tokens_map.json or config.json where present. Throws userip::Error naming the file.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& model_dir);
+
+// The special-token settings of a model directory: starts from `defaults` (what the tokenizer
+// file itself says) and overrides them with config.json (bos/eos/pad_token_id), then
+// special_tokens_map.json, then tokenizer_config.json (token strings or {"content": ...}
+// objects, resolved through `tokenizer`; add_bos_token / add_eos_token). load_tokenizer
+// applies this already; the function is public for loaders that assemble a tokenizer
+// themselves.
+SpecialTokens read_special_tokens(const std::filesystem::path& model_dir, const Tokenizer& tokenizer,
+                                  SpecialTokens defaults);
 
 }  // namespace userip::text

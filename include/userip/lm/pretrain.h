@@ -1,0 +1,75 @@
+#pragma once
+// Pretraining of the project's own small Llama-architecture LM, for users without a checkpoint
+// (and for our machines, which cannot download one). The result is an ordinary Hugging Face
+// model directory that every other command loads through the same code path as a real model.
+#include <torch/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "userip/text/corpus.h"
+
+namespace userip::lm {
+
+struct PretrainOptions {
+  // Shape (Llama architecture; see docs/BENCHMARKS.md "The default LM" for why these values).
+  std::int64_t hidden_size = 192;
+  std::int64_t num_layers = 4;
+  std::int64_t num_heads = 4;
+  std::int64_t intermediate_size = 512;
+  std::int32_t vocab_size = 2000;  // SentencePiece BPE trained on the corpus
+  std::int64_t context = 128;      // tokens per training sequence (and max_position_embeddings)
+  bool tie_embeddings = true;
+
+  // Optimisation: AdamW with linear warm-up and cosine decay to 10% of the peak rate.
+  std::int64_t steps = 600;
+  std::int64_t batch_sequences = 16;
+  double learning_rate = 3e-3;
+  std::int64_t warmup_steps = 30;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+
+  std::int64_t eval_every = 100;        // held-out perplexity every N steps (and at the end)
+  std::int64_t checkpoint_every = 100;  // resumable checkpoint every N steps
+  std::int64_t max_eval_tokens = 65536; // held-out tokens scored per evaluation
+  std::uint64_t seed = 42;
+  torch::Device device = torch::kCPU;
+  bool show_progress = true;
+
+  void validate() const;
+  nlohmann::json to_json() const;
+};
+
+struct PretrainPoint {
+  std::int64_t step = 0;
+  double train_loss = 0;       // mean over the steps since the previous point
+  double heldout_perplexity = 0;
+  double seconds = 0;          // since the start of training (resumed runs continue the clock)
+};
+
+struct PretrainResult {
+  std::vector<PretrainPoint> curve;
+  double heldout_perplexity = 0;
+  std::int64_t parameters = 0;
+  std::int64_t train_tokens = 0, heldout_tokens = 0;
+  double seconds = 0;
+  bool resumed = false;  // continued from a checkpoint
+  bool reused = false;   // an identical finished model was already there; nothing was trained
+};
+
+// Trains a tokenizer and a model on `corpus` and writes the model directory `out`:
+// config.json, model.safetensors, tokenizer.model, tokenizer_config.json, pretrain.json (options,
+// seed, corpus fingerprint, curve) and pretrain_log.jsonl. While training, `out/checkpoint/`
+// holds the latest resumable state; a rerun with the same corpus and options continues from it,
+// and a rerun after completion returns the finished model without training.
+PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& options,
+                           const std::filesystem::path& out);
+
+// Fingerprint of a corpus and the options that shape the result (not the progress settings).
+std::string pretrain_fingerprint(const text::Corpus& corpus, const PretrainOptions& options);
+
+}  // namespace userip::lm

@@ -1,0 +1,301 @@
+#include <fmt/format.h>
+#include <torch/types.h>
+
+#include <fstream>
+#include <iostream>
+
+#include "commands.h"
+#include "userip/data/dataset.h"
+#include "userip/lm/config.h"
+#include "userip/lm/generate.h"
+#include "userip/lm/gguf.h"
+#include "userip/lm/loader.h"
+#include "userip/lm/model_tokenizer.h"
+#include "userip/lm/pretrain.h"
+#include "userip/lm/tensor_file.h"
+#include "userip/text/corpus.h"
+#include "userip/util/error.h"
+#include "userip/util/log.h"
+
+namespace userip::cli {
+
+namespace {
+
+struct ModelOptions {
+  std::filesystem::path model;
+  std::string dtype = "f32";
+  std::string device = "cpu";
+};
+
+void add_model_options(CLI::App* cmd, ModelOptions& o) {
+  cmd->add_option("--model", o.model, "Hugging Face model directory or .gguf file")->required();
+  // Checked when the command runs (dtype_of), so that a bad value is an "error:" like the others.
+  cmd->add_option("--dtype", o.dtype, "Compute dtype: f32, bf16 or f16")->capture_default_str();
+  cmd->add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
+}
+
+torch::ScalarType dtype_of(const std::string& name) {
+  if (name == "bf16") return torch::kBFloat16;
+  if (name == "f16") return torch::kHalf;
+  if (name == "f32") return torch::kFloat;
+  fail("--dtype: '{}' is not a dtype (expected f32, bf16 or f16)", name);
+}
+
+torch::Device device_of(const std::string& name) {
+  try {
+    torch::Device device(name);
+    USERIP_CHECK(!device.is_cuda() || torch::hasCUDA(), "--device {}: this build of libtorch has no CUDA", name);
+    return device;
+  } catch (const c10::Error&) {
+    fail("--device: '{}' is not a device (expected cpu or cuda[:N])", name);
+  }
+}
+
+lm::CausalLM load(const ModelOptions& o) { return lm::load_model(o.model, dtype_of(o.dtype), device_of(o.device)); }
+
+void print_info(const std::filesystem::path& path) {
+  lm::ModelConfig config;
+  std::vector<lm::TensorInfo> tensors;
+  if (lm::is_gguf_file(path)) {
+    auto file = lm::open_gguf(path);
+    config = lm::config_from_gguf(*file);
+    tensors = file->tensors();
+  } else {
+    config = lm::load_config(path);
+    auto dir = std::filesystem::is_directory(path) ? path : path.parent_path();
+    tensors = lm::open_safetensors(dir)->tensors();
+  }
+  std::int64_t parameters = 0;
+  std::map<std::string, std::int64_t> by_type;
+  for (const auto& t : tensors) {
+    // Buffers some checkpoints carry beside the weights (GPT-2's causal-mask "attn.bias" and
+    // "attn.masked_bias", RoPE tables) are not parameters.
+    const auto ends_with = [&](const std::string& suffix) {
+      return t.name.size() >= suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with(".attn.bias") || ends_with(".attn.masked_bias") || ends_with("rotary_emb.inv_freq") ||
+        t.name == "rope_freqs.weight" || (config.tie_word_embeddings && t.name == "lm_head.weight"))
+      continue;
+    std::int64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    parameters += n;
+    by_type[lm::to_string(t.type)] += n;
+  }
+  std::string types;
+  for (auto& [type, n] : by_type) types += fmt::format("{}{} ({:.1f}%)", types.empty() ? "" : ", ", type, 100.0 * n / parameters);
+  auto tokenizer = lm::load_model_tokenizer(path);
+  const auto& s = tokenizer->specials();
+  std::cout << fmt::format(
+      "model          {}\n"
+      "architecture   {} (model_type {})\n"
+      "parameters     {} ({:.2f} M) in {} tensors\n"
+      "stored dtype   {}\n"
+      "layers         {}, hidden {}, heads {} (kv {}), head dim {}, ffn {}\n"
+      "context        {} tokens\n"
+      "positions      {}\n"
+      "vocabulary     {} ({} tokenizer, {} entries; bos {} eos {} pad {} unk {}; add bos {})\n"
+      "tied head      {}\n",
+      path.string(), lm::to_string(config.architecture), config.model_type, parameters, parameters / 1e6,
+      tensors.size(), types, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+      config.head_dim, config.intermediate_size, config.max_position_embeddings,
+      config.architecture == lm::Architecture::gpt2
+          ? std::string("learned")
+          : fmt::format("RoPE theta {} scaling {}", config.rope_theta, lm::to_string(config.rope_scaling.type)),
+      config.vocab_size, tokenizer->kind(), tokenizer->vocab_size(), s.bos, s.eos, s.pad, s.unk,
+      s.add_bos ? "yes" : "no", config.tie_word_embeddings ? "yes" : "no");
+}
+
+}  // namespace
+
+void add_lm_commands(CLI::App& app, GlobalOptions& global) {
+  auto* lm_app = app.add_subcommand("lm", "Language models: pretrain the default LM, inspect, score, generate");
+  lm_app->require_subcommand(1);
+
+  {  // lm pretrain
+    auto* cmd = lm_app->add_subcommand(
+        "pretrain", "Pretrain the default LM (tokenizer + small Llama) on a dataset's catalogue and training text");
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto out = std::make_shared<std::filesystem::path>();
+    auto o = std::make_shared<lm::PretrainOptions>();
+    auto device = std::make_shared<std::string>("cpu");
+    cmd->add_option("--dataset", *dataset, "Dataset directory (its training split is the behaviour text)")->required();
+    cmd->add_option("--out", *out, "Model directory to write (Hugging Face layout)")->required();
+    cmd->add_option("--hidden", o->hidden_size, "Hidden size")->capture_default_str();
+    cmd->add_option("--layers", o->num_layers, "Transformer layers")->capture_default_str();
+    cmd->add_option("--heads", o->num_heads, "Attention heads")->capture_default_str();
+    cmd->add_option("--ffn", o->intermediate_size, "SwiGLU hidden size")->capture_default_str();
+    cmd->add_option("--vocab", o->vocab_size, "SentencePiece vocabulary size (at most)")->capture_default_str();
+    cmd->add_option("--context", o->context, "Tokens per training sequence")->capture_default_str();
+    cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str();
+    cmd->add_option("--batch", o->batch_sequences, "Sequences per step")->capture_default_str();
+    cmd->add_option("--learning-rate", o->learning_rate, "Peak AdamW learning rate")->capture_default_str();
+    cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between resumable checkpoints")
+        ->capture_default_str();
+    cmd->add_option("--eval-every", o->eval_every, "Steps between held-out perplexity evaluations")
+        ->capture_default_str();
+    cmd->add_option("--seed", o->seed, "Seed of weights, batches and tokenizer")->capture_default_str();
+    cmd->add_option("--device", *device, "cpu or cuda[:N]")->capture_default_str();
+    on_run(cmd, [dataset, out, o, device] {
+      o->device = device_of(*device);
+      auto d = data::Dataset::load(*dataset);
+      auto corpus_options = text::default_corpus_options(d);
+      corpus_options.seed = o->seed;
+      auto corpus = text::build_corpus(d, corpus_options);
+      spdlog::info("corpus: {} item lines, {} behaviour sentences -> {} training and {} held-out documents",
+                   corpus.item_lines, corpus.behaviour_lines, corpus.train.size(), corpus.heldout.size());
+      auto result = lm::pretrain_lm(corpus, *o, *out);
+      std::cout << fmt::format("{} {}: {:.2f} M parameters, {} training tokens, held-out perplexity {:.2f}, {:.0f} s\n",
+                               result.reused ? "reused" : "pretrained", out->string(), result.parameters / 1e6,
+                               result.train_tokens, result.heldout_perplexity, result.seconds);
+    });
+  }
+
+  {  // lm info
+    auto* cmd = lm_app->add_subcommand("info", "Architecture, parameter count, dtype, vocabulary, context length");
+    auto model = std::make_shared<std::filesystem::path>();
+    cmd->add_option("--model", *model, "Hugging Face model directory or .gguf file")->required();
+    on_run(cmd, [model] { print_info(*model); });
+  }
+
+  {  // lm score
+    auto* cmd = lm_app->add_subcommand(
+        "score",
+        "Per-token log-probabilities (JSON lines) and perplexity of each line of a text file: line n gives "
+        "{\"line\": n, \"tokens\": ids as the model's tokenizer encodes them (with bos where it adds one), "
+        "\"logprobs\": log p(tokens[i] | tokens[:i]) for i >= 1, \"perplexity\"}; blank lines give no log-probs; "
+        "a last line {\"summary\": true, ...} has the perplexity over every scored token");
+    auto o = std::make_shared<ModelOptions>();
+    auto file = std::make_shared<std::filesystem::path>();
+    add_model_options(cmd, *o);
+    cmd->add_option("--text-file", *file, "UTF-8 text, one sequence per line")->required();
+    on_run(cmd, [o, file] {
+      std::ifstream in(*file, std::ios::binary);
+      USERIP_CHECK(in, "{}: cannot open the text file", file->string());
+      auto model = load(*o);
+      auto tokenizer = lm::load_model_tokenizer(o->model);
+      const std::int64_t context = model.config().max_position_embeddings;
+      torch::NoGradGuard no_grad;
+      std::string line;
+      double total_nll = 0;
+      std::int64_t total_tokens = 0, line_number = 0;
+      while (std::getline(in, line)) {
+        ++line_number;
+        if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
+        std::vector<std::int32_t> ids;  // a blank line: nothing to score (not even a lone bos)
+        if (!line.empty()) ids = tokenizer->encode_for_model(line);
+        USERIP_CHECK(context <= 0 || static_cast<std::int64_t>(ids.size()) <= context,
+                     "{}:{}: the line is {} tokens long, more than the model's context of {} tokens; split it into "
+                     "shorter lines",
+                     file->string(), line_number, ids.size(), context);
+        for (auto id : ids)
+          USERIP_CHECK(id >= 0 && id < model.vocab_size(), "{}:{}: token id {} is outside the model's vocabulary of {}",
+                       file->string(), line_number, id, model.vocab_size());
+        nlohmann::json record = {{"line", line_number}, {"tokens", ids}};
+        std::vector<double> logprobs;
+        if (ids.size() >= 2) {
+          auto input = torch::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).unsqueeze(0).to(model.device());
+          auto logp = torch::log_softmax(model.forward_tokens(input)[0].to(torch::kDouble), -1).cpu();
+          auto next = torch::tensor(std::vector<std::int64_t>(ids.begin() + 1, ids.end())).unsqueeze(1);
+          auto picked = logp.narrow(0, 0, static_cast<std::int64_t>(ids.size()) - 1).gather(1, next).squeeze(1).contiguous();
+          logprobs.assign(picked.data_ptr<double>(), picked.data_ptr<double>() + picked.numel());
+        }
+        double nll = 0;
+        for (double lp : logprobs) nll -= lp;
+        record["logprobs"] = logprobs;
+        record["perplexity"] = logprobs.empty() ? nlohmann::json(nullptr) : nlohmann::json(std::exp(nll / logprobs.size()));
+        std::cout << record.dump() << "\n";
+        total_nll += nll;
+        total_tokens += static_cast<std::int64_t>(logprobs.size());
+      }
+      USERIP_CHECK(total_tokens > 0, "{}: no line has two or more tokens to score", file->string());
+      std::cout << nlohmann::json{{"summary", true}, {"lines", line_number}, {"scored_tokens", total_tokens},
+                                  {"perplexity", std::exp(total_nll / total_tokens)}}
+                       .dump()
+                << std::endl;
+    });
+  }
+
+  {  // lm generate
+    auto* cmd = lm_app->add_subcommand("generate", "Continue a prompt (greedy or top-k/top-p sampling, KV cache)");
+    auto o = std::make_shared<ModelOptions>();
+    auto prompt = std::make_shared<std::string>();
+    auto g = std::make_shared<lm::GenerationOptions>();
+    add_model_options(cmd, *o);
+    cmd->add_option("--prompt", *prompt, "Prompt text")->required();
+    cmd->add_option("--max-new-tokens", g->max_new_tokens, "Tokens to generate at most")->capture_default_str();
+    cmd->add_option("--temperature", g->temperature, "0 = greedy; otherwise sample at this temperature")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
+    cmd->add_option("--top-k", g->top_k, "Sample among the k most likely tokens (0 = all)")->capture_default_str();
+    cmd->add_option("--top-p", g->top_p, "Nucleus sampling mass (1 = off)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+    cmd->add_option("--seed", g->seed, "Sampling seed")->capture_default_str();
+    auto as_json = std::make_shared<bool>(false);
+    cmd->add_flag("--json", *as_json,
+                  "Print one JSON object: prompt_tokens, tokens (the new ones), text (the continuation), stop");
+    on_run(cmd, [o, prompt, g, as_json] {
+      auto model = load(*o);
+      auto tokenizer = lm::load_model_tokenizer(o->model);
+      auto ids = tokenizer->encode_for_model(*prompt);
+      USERIP_CHECK(!ids.empty(), "the prompt encodes to no tokens");
+      USERIP_CHECK(static_cast<std::int64_t>(ids.size()) <= model.config().max_position_embeddings,
+                   "the prompt is {} tokens long; the model's context is {} tokens", ids.size(),
+                   model.config().max_position_embeddings);
+      torch::NoGradGuard no_grad;
+      auto generation = lm::generate_from_tokens(model, ids, *g);
+      // Decoded together with the prompt, so that word-initial spaces of the continuation survive
+      // (SentencePiece drops the leading space of a sequence it decodes on its own).
+      std::vector<std::int32_t> all = ids;
+      all.insert(all.end(), generation.tokens.begin(), generation.tokens.end());
+      const std::string prefix = tokenizer->decode(ids), full = tokenizer->decode(all);
+      const std::string continuation = full.compare(0, prefix.size(), prefix) == 0
+                                           ? full.substr(prefix.size())
+                                           : tokenizer->decode(generation.tokens);
+      if (*as_json) {
+        std::cout << nlohmann::json{{"prompt_tokens", ids},
+                                    {"tokens", generation.tokens},
+                                    {"text", continuation},
+                                    {"stop", lm::to_string(generation.reason)}}
+                         .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+                  << std::endl;
+      } else {
+        std::cout << *prompt << continuation << std::endl;
+      }
+      spdlog::info("{} new tokens, stopped by {}", generation.tokens.size(), lm::to_string(generation.reason));
+    });
+  }
+
+  {  // lm export
+    auto* cmd = lm_app->add_subcommand(
+        "export", "Convert a model with its tokenizer: to GGUF (llama.cpp and compatible tools) or to a Hugging Face "
+                  "directory (transformers)");
+    auto model = std::make_shared<std::filesystem::path>();
+    auto out = std::make_shared<std::filesystem::path>();
+    auto format = std::make_shared<std::string>();
+    auto dtype = std::make_shared<std::string>("auto");
+    auto q8 = std::make_shared<bool>(false);
+    cmd->add_option("--model", *model, "Hugging Face model directory or .gguf file")->required();
+    cmd->add_option("--out", *out, "The .gguf file or the model directory to write")->required();
+    cmd->add_option("--format", *format, "gguf or hf (default: gguf when --out ends in .gguf, else hf)");
+    cmd->add_option("--dtype", *dtype, "Weights' dtype: auto (the source's), f32, f16 or bf16")->capture_default_str();
+    cmd->add_flag("--q8_0", *q8, "GGUF: store matrices as Q8_0 (norms and biases stay f32)");
+    on_run(cmd, [model, out, format, dtype, q8] {
+      lm::ExportOptions options;
+      std::string f = *format;
+      if (f.empty()) f = (out->extension() == ".gguf" || *q8) ? "gguf" : "hf";
+      if (f == "gguf") {
+        options.format = lm::ExportFormat::gguf;
+      } else if (f == "hf") {
+        options.format = lm::ExportFormat::hf;
+      } else {
+        fail("--format: '{}' is not a format (expected gguf or hf)", f);
+      }
+      if (*dtype != "auto") options.dtype = dtype_of(*dtype);
+      options.quantize_q8_0 = *q8;
+      USERIP_CHECK(!*q8 || options.format == lm::ExportFormat::gguf, "--q8_0: Q8_0 is a GGUF type; use --format gguf");
+      lm::export_model(*model, *out, options);
+      std::cout << fmt::format("wrote {} ({})\n", out->string(), f);
+    });
+  }
+}
+
+}  // namespace userip::cli
