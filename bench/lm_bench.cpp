@@ -10,6 +10,7 @@
 
 #include "userip/lm/batching.h"
 #include "userip/lm/model.h"
+#include "userip/lm/pretrain.h"
 #include "userip/util/log.h"
 #include "userip/util/random.h"
 #include "userip/util/threads.h"
@@ -53,8 +54,11 @@ ModelConfig gpt2_small() {
   return c;
 }
 
-// The default LM's shape (see docs/BENCHMARKS.md, "The default LM").
-ModelConfig default_lm() { return llama_shape(256, 4, 4, 4, 688, 4000); }
+// The default LM's shape: what `userip lm pretrain` builds with its default options.
+ModelConfig default_lm() {
+  userip::lm::PretrainOptions o;
+  return llama_shape(o.hidden_size, o.num_layers, o.num_heads, o.num_heads, o.intermediate_size, o.vocab_size);
+}
 // TinyLlama-1.1B's shape.
 ModelConfig llama_1b() { return llama_shape(2048, 22, 32, 4, 5632, 32000); }
 
@@ -133,8 +137,8 @@ void run_forward_backward(benchmark::State& state, const ModelConfig& config, st
   state.counters["params(M)"] = model.num_parameters() / 1e6;
 }
 
-void BM_ForwardBackward_default(benchmark::State& state) { run_forward_backward(state, default_lm(), 64, 4096, 40, 96); }
-void BM_ForwardBackward_gpt2_small(benchmark::State& state) { run_forward_backward(state, gpt2_small(), 16, 2048, 40, 96); }
+void BM_ForwardBackward_default(benchmark::State& state) { run_forward_backward(state, default_lm(), 256, 4096, 40, 96); }
+void BM_ForwardBackward_gpt2_small(benchmark::State& state) { run_forward_backward(state, gpt2_small(), 64, 1024, 40, 96); }
 void BM_ForwardBackward_llama_1b(benchmark::State& state) { run_forward_backward(state, llama_1b(), 4, 512, 40, 96); }
 BENCHMARK(BM_ForwardBackward_default)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
 BENCHMARK(BM_ForwardBackward_gpt2_small)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, from a fresh Debian 12 machine: installs and builds
 # what is missing, exports MovieLens ml-latest-small from Debian's r-cran-dslabs into the
-# project's dataset format with the default split, and prints its statistics.
-# Later stages (default LM, profile fit, feature bank, CTR experiment, report) join this script
-# as they land. Outputs go to runs/movielens/ (override with USERIP_RUN_DIR).
+# project's dataset format with the default split, prints its statistics, and pretrains the
+# default LM on the training split (or reuses it, or uses the checkpoint given with --model).
+# Later stages (profile fit, feature bank, CTR experiment, report) join this script as they
+# land. Outputs go to runs/movielens/ (override with USERIP_RUN_DIR).
 #
-#   scripts/run_pipeline.sh [--threads N] [--seed S]
+#   scripts/run_pipeline.sh [--threads N] [--seed S] [--model HF_DIR_OR_GGUF]
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 threads=0
 seed=42
+model=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads="$2"; shift ;;
     --seed) seed="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --model) model="$2"; shift ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "run_pipeline.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -37,6 +40,14 @@ fi
 echo "== dataset statistics"
 "${userip[@]}" data stats --dataset "$dataset" | tee "$run_dir/dataset_stats.txt"
 "${userip[@]}" data stats --dataset "$dataset" --json > "$run_dir/dataset_stats.json"
+
+if [ -z "$model" ]; then
+  model="$run_dir/lm"
+  echo "== default LM: pretraining on the training split (reused when corpus and options are unchanged)"
+  "${userip[@]}" lm pretrain --dataset "$dataset" --out "$model" --seed "$seed"
+fi
+echo "== language model"
+"${userip[@]}" lm info --model "$model"
 
 echo
 echo "outputs in $run_dir"
