@@ -35,10 +35,14 @@ struct PretrainOptions {
 
   std::int64_t eval_every = 100;        // held-out perplexity every N steps (and at the end)
   std::int64_t checkpoint_every = 100;  // resumable checkpoint every N steps
-  std::int64_t max_eval_tokens = 65536; // held-out tokens scored per evaluation
+  std::int64_t max_eval_tokens = 32768; // held-out tokens scored per evaluation (windows spread evenly)
   std::uint64_t seed = 42;
   torch::Device device = torch::kCPU;
   bool show_progress = true;
+  // Stop after this many steps as an interruption would (checkpoint written, no model), so that a
+  // later call resumes; 0 = run to the end. Not part of the fingerprint. For tests and for
+  // splitting a long run into sessions.
+  std::int64_t stop_after_step = 0;
 
   void validate() const;
   nlohmann::json to_json() const;
@@ -59,6 +63,7 @@ struct PretrainResult {
   double seconds = 0;
   bool resumed = false;  // continued from a checkpoint
   bool reused = false;   // an identical finished model was already there; nothing was trained
+  bool interrupted = false;  // stopped at options.stop_after_step; out/checkpoint/ holds the state
 };
 
 // Trains a tokenizer and a model on `corpus` and writes the model directory `out`:
