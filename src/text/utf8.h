@@ -5,28 +5,11 @@
 #include <string_view>
 
 #include "text/regex.h"
+#include "userip/util/strings.h"
 
 namespace userip::text::detail {
 
-inline std::string utf8_encode(std::uint32_t cp) {
-  std::string out;
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return out;
-}
+inline std::string utf8_encode(std::uint32_t cp) { return userip::utf8_encode(cp); }
 
 // Decodes the code point at text[i] and advances i past it. An invalid byte is returned as
 // 0x110000 + byte (never a real code point) and skipped alone.

@@ -17,17 +17,7 @@ namespace {
 
 using userip::testing::TempDir;
 
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected userip::Error";
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    for (const auto& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-  }
-}
+using userip::testing::expect_error;
 
 // Little-endian GGUF bytes, written field by field.
 struct Builder {

@@ -17,18 +17,7 @@ namespace {
 
 using userip::testing::TempDir;
 
-// Runs `fn`, expecting a userip::Error whose message contains every one of `parts`.
-template <typename Fn>
-void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected userip::Error";
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    for (const auto& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
-  }
-}
+using userip::testing::expect_error;
 
 // A safetensors file assembled from its parts: 8-byte length, header text, data.
 std::string raw_file(const std::string& header, const std::string& data, std::uint64_t length_override = 0) {

@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "userip/util/error.h"
 #include "userip/util/random.h"
 
 namespace userip::testing {
@@ -36,6 +37,20 @@ class TempDir {
  private:
   std::filesystem::path path_;
 };
+
+// Runs `fn`, expecting a userip::Error whose message contains every one of `parts`.
+template <typename Fn>
+void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected userip::Error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    for (const auto& part : parts) {
+      EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+    }
+  }
+}
 
 // Runs the userip command-line program with `args` (after `environment`, e.g. "VAR=1"); returns
 // its exit status and fills `output` with stdout and stderr together.

@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "userip/util/fs.h"
+#include "userip/util/random.h"
+#include "userip/util/strings.h"
 
 namespace userip::testing::text {
 
@@ -89,37 +91,14 @@ inline std::vector<std::string> split_lines(const std::string& text) {
   return lines;
 }
 
-inline std::string utf8(std::uint32_t cp) {
-  std::string out;
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return out;
-}
+inline std::string utf8(std::uint32_t cp) { return userip::utf8_encode(cp); }
 
 // splitmix64: a fixed generator, so the corpus is the same on every platform (std::
 // distributions are not).
 class CorpusRng {
  public:
   explicit CorpusRng(std::uint64_t seed) : state_(seed) {}
-  std::uint64_t next() {
-    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-  }
+  std::uint64_t next() { return userip::splitmix64(state_); }
   std::size_t below(std::size_t n) { return static_cast<std::size_t>(next() % n); }
   template <typename T>
   const T& pick(const std::vector<T>& v) {

@@ -17,6 +17,12 @@ std::vector<std::string_view> split(std::string_view text, char separator);
 std::vector<std::string> split_list(std::string_view text, char separator);  // trimmed, empty items dropped
 std::string join(const std::vector<std::string>& parts, std::string_view separator);
 
+// `text` with every occurrence of `from` (non-empty) replaced by `to`.
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to);
+
+// The UTF-8 bytes of code point `cp` (<= U+10FFFF).
+std::string utf8_encode(std::uint32_t cp);
+
 // True if `text` is well-formed UTF-8 (no overlong forms, surrogates or code points > U+10FFFF).
 bool is_valid_utf8(std::string_view text);
 
