@@ -17,7 +17,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift ;;
     --seed) seed="$2"; shift ;;
     --model) model="$2"; shift ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "run_pipeline.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
