@@ -2,6 +2,8 @@
 // training step), with achieved GFLOP/s against this machine's single-precision GEMM peak
 // measured in the same run. Random weights; batches of varied lengths bucketed by length.
 //   build/bench/lm_bench [--benchmark_filter=default|gpt2|1b|gemm]
+// Each LM shape runs twice: aten1:0 with both thread pools at all cores, aten1:1 with ATen
+// single-threaded beside OpenBLAS.
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 #include <torch/autograd.h>
@@ -78,22 +80,35 @@ double forward_flops(const ModelConfig& c, std::int64_t rows, std::int64_t lengt
 
 double g_gemm_peak_gflops = 0;
 
+// USERIP_BENCH_DEVICE=cuda runs the LM benchmarks on a GPU (scripts/gpu_check.sh); default cpu.
+torch::Device bench_device() {
+  const char* name = std::getenv("USERIP_BENCH_DEVICE");
+  return torch::Device(name && *name ? name : "cpu");
+}
+
 void BM_GemmPeak(benchmark::State& state) {
   const std::int64_t n = state.range(0);
-  auto a = at::randn({n, n}), b = at::randn({n, n});
+  const auto on = at::TensorOptions().device(bench_device());
+  auto a = at::randn({n, n}, on), b = at::randn({n, n}, on);
   for (auto _ : state) {
     auto c = at::mm(a, b);
-    benchmark::DoNotOptimize(c.data_ptr());
+    benchmark::DoNotOptimize(c.sum().item<float>());  // .item() waits for a GPU to finish
   }
   double flops = 2.0 * n * n * n * static_cast<double>(state.iterations());
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_GemmPeak)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 
+// state.range(0): 0 = both pools at --threads, 1 = ATen single-threaded beside OpenBLAS (the
+// policy of the training loops, see ScopedSingleThreadedAten); the two rows side by side are
+// that policy's evidence.
 void run_forward_backward(benchmark::State& state, const ModelConfig& config, std::int64_t sequences,
                           std::int64_t max_tokens, std::int64_t min_length, std::int64_t max_length) {
+  userip::ScopedSingleThreadedAten thread_policy(state.range(0) == 1);
   torch::NoGradGuard no_grad_during_setup;
-  userip::lm::CausalLM model(config, userip::lm::random_weights(config, 1, at::kFloat, at::kCPU));
+  const torch::Device device = bench_device();
+  const auto on = at::TensorOptions().device(device);
+  userip::lm::CausalLM model(config, userip::lm::random_weights(config, 1, at::kFloat, device));
   // Sequence lengths like profile samples: a prompt plus a short behaviour text.
   userip::Rng rng(7);
   std::vector<std::int64_t> lengths(sequences);
@@ -113,10 +128,10 @@ void run_forward_backward(benchmark::State& state, const ModelConfig& config, st
     for (const auto& batch : batches) {
       std::int64_t rows = static_cast<std::int64_t>(batch.size()), longest = 0;
       for (auto i : batch) longest = std::max(longest, lengths[i]);
-      auto mask = at::zeros({rows, longest}, at::kLong);
+      auto mask = at::zeros({rows, longest}, on.dtype(at::kLong));
       for (std::int64_t r = 0; r < rows; ++r) mask[r].narrow(0, 0, lengths[batch[r]]).fill_(1);
-      auto ids = at::randint(config.vocab_size, {rows, longest}, at::kLong);
-      auto targets = at::full({rows, longest}, userip::lm::kIgnoreIndex, at::kLong);
+      auto ids = at::randint(config.vocab_size, {rows, longest}, on.dtype(at::kLong));
+      auto targets = at::full({rows, longest}, userip::lm::kIgnoreIndex, on.dtype(at::kLong));
       // The last 16 real positions of each row are labels, as a behaviour text would be.
       for (std::int64_t r = 0; r < rows; ++r) {
         std::int64_t len = lengths[batch[r]];
@@ -126,7 +141,7 @@ void run_forward_backward(benchmark::State& state, const ModelConfig& config, st
       auto embeds = model.embed(ids).detach().requires_grad_(true);
       auto nll = model.token_nll(embeds, mask, targets);
       nll.sum().backward();
-      benchmark::DoNotOptimize(embeds.grad().data_ptr());
+      benchmark::DoNotOptimize(embeds.grad().sum().item<float>());
       torch::autograd::GradMode::set_enabled(false);
     }
   }
@@ -140,9 +155,9 @@ void run_forward_backward(benchmark::State& state, const ModelConfig& config, st
 void BM_ForwardBackward_default(benchmark::State& state) { run_forward_backward(state, default_lm(), 256, 4096, 40, 96); }
 void BM_ForwardBackward_gpt2_small(benchmark::State& state) { run_forward_backward(state, gpt2_small(), 64, 1024, 40, 96); }
 void BM_ForwardBackward_llama_1b(benchmark::State& state) { run_forward_backward(state, llama_1b(), 4, 512, 40, 96); }
-BENCHMARK(BM_ForwardBackward_default)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
-BENCHMARK(BM_ForwardBackward_gpt2_small)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
-BENCHMARK(BM_ForwardBackward_llama_1b)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+BENCHMARK(BM_ForwardBackward_default)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
+BENCHMARK(BM_ForwardBackward_gpt2_small)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
+BENCHMARK(BM_ForwardBackward_llama_1b)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 
 }  // namespace
 

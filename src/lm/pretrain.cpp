@@ -17,6 +17,7 @@
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
+#include "userip/util/threads.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 
@@ -28,29 +29,6 @@ namespace {
 
 constexpr const char* kCheckpointDir = "checkpoint";
 constexpr double kMinLearningRateRatio = 0.1;
-
-// ATen's intra-op pool (OpenMP) and OpenBLAS's own pthread pool both busy-wait for a while after
-// each parallel call. A training step alternates GEMMs (OpenBLAS threads) with element-wise ops
-// (OpenMP threads) hundreds of times, so with both pools at N threads each pool's spinning
-// workers take the cores the other pool's next call needs. Measured side by side on 2 cores
-// (--threads 2, hidden 192 x 4 layers, batch 16 x 128): 1.4-2.8 s per step that way, 0.65 s with
-// ATen at one thread; the GEMMs, about two thirds of a step, still use every core through
-// OpenBLAS. So pretraining on the CPU runs ATen single-threaded and leaves the cores to BLAS;
-// the setting is restored afterwards.
-class SingleThreadedAten {
- public:
-  explicit SingleThreadedAten(bool active) : saved_(active ? at::get_num_threads() : 0) {
-    if (saved_ > 1) at::set_num_threads(1);
-  }
-  ~SingleThreadedAten() {
-    if (saved_ > 1) at::set_num_threads(saved_);
-  }
-  SingleThreadedAten(const SingleThreadedAten&) = delete;
-  SingleThreadedAten& operator=(const SingleThreadedAten&) = delete;
-
- private:
-  int saved_;
-};
 
 ModelConfig config_for(const PretrainOptions& o, std::int32_t vocab_size) {
   ModelConfig c;
@@ -267,7 +245,9 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
                result.train_tokens, o.context + 1);
 
   const ModelConfig config = config_for(o, tokenizer->vocab_size());
-  SingleThreadedAten aten_threads(o.device.is_cpu());
+  // Measured on 2 cores (hidden 192 x 4, batch 16 x 128): 1.4-2.8 s per step with both pools at
+  // two threads, 0.65 s with ATen at one.
+  ScopedSingleThreadedAten aten_threads(o.device.is_cpu());
   // Weights live in float32 on the training device; a leaf tensor per parameter.
   ModelWeights weights = random_weights(config, o.seed, torch::kFloat, o.device);
   std::vector<torch::Tensor> decayed, not_decayed;

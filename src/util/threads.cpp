@@ -64,4 +64,12 @@ int configure_threads(int threads) {
   return n;
 }
 
+ScopedSingleThreadedAten::ScopedSingleThreadedAten(bool active) : saved_(active ? at::get_num_threads() : 0) {
+  if (saved_ > 1) at::set_num_threads(1);
+}
+
+ScopedSingleThreadedAten::~ScopedSingleThreadedAten() {
+  if (saved_ > 1) at::set_num_threads(saved_);
+}
+
 }  // namespace userip

@@ -20,4 +20,24 @@ int configure_threads(int threads);
 
 int hardware_threads();
 
+// For the duration of a scope, ATen's intra-op pool runs single-threaded while OpenBLAS keeps its
+// threads. Use it around CPU training loops that go through an LM (pretraining, profile fitting).
+//
+// Why: ATen's OpenMP pool and OpenBLAS's pthread pool both busy-wait for a while after each
+// parallel call. A training step alternates GEMMs (OpenBLAS threads) with element-wise ops (OpenMP
+// threads) hundreds of times, so with both pools at N threads each pool's spinning workers take
+// the cores the other pool's next call needs. The GEMMs still use every core through OpenBLAS.
+// Measured side by side in bench/lm_bench (docs/BENCHMARKS.md, "thread policy").
+// `active` = false (e.g. training on a GPU) makes it a no-op.
+class ScopedSingleThreadedAten {
+ public:
+  explicit ScopedSingleThreadedAten(bool active = true);
+  ~ScopedSingleThreadedAten();
+  ScopedSingleThreadedAten(const ScopedSingleThreadedAten&) = delete;
+  ScopedSingleThreadedAten& operator=(const ScopedSingleThreadedAten&) = delete;
+
+ private:
+  int saved_;
+};
+
 }  // namespace userip
