@@ -110,7 +110,9 @@ TEST(Threads, WarnsAtStartUpWhenTheBlasIsNotOpenBlas) {
   testing::run_cli("data stats --dataset /nonexistent", &output, std::string("LD_LIBRARY_PATH=") + reference_blas_dir);
   EXPECT_NE(output.find("rather than OpenBLAS"), std::string::npos) << output;
   testing::run_cli("data stats --dataset /nonexistent", &output);
-  if (detect_blas().is_openblas) EXPECT_EQ(output.find("rather than OpenBLAS"), std::string::npos) << output;
+  if (detect_blas().is_openblas) {
+    EXPECT_EQ(output.find("rather than OpenBLAS"), std::string::npos) << output;
+  }
 }
 
 }  // namespace

@@ -20,5 +20,7 @@ void on_run(CLI::App* command, Action action);
 
 void add_data_commands(CLI::App& app, GlobalOptions& global);
 void add_lm_commands(CLI::App& app, GlobalOptions& global);
+void add_bank_commands(CLI::App& app, GlobalOptions& global);
+void add_profile_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace userip::cli

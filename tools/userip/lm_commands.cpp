@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "model_options.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/config.h"
 #include "userip/lm/generate.h"
@@ -15,43 +16,13 @@
 #include "userip/lm/tensor_file.h"
 #include "userip/text/corpus.h"
 #include "userip/util/error.h"
+#include "userip/util/fs.h"
 #include "userip/util/log.h"
 
 namespace userip::cli {
 
 namespace {
 
-struct ModelOptions {
-  std::filesystem::path model;
-  std::string dtype = "f32";
-  std::string device = "cpu";
-};
-
-void add_model_options(CLI::App* cmd, ModelOptions& o) {
-  cmd->add_option("--model", o.model, "Hugging Face model directory or .gguf file")->required();
-  // Checked when the command runs (dtype_of), so that a bad value is an "error:" like the others.
-  cmd->add_option("--dtype", o.dtype, "Compute dtype: f32, bf16 or f16")->capture_default_str();
-  cmd->add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
-}
-
-torch::ScalarType dtype_of(const std::string& name) {
-  if (name == "bf16") return torch::kBFloat16;
-  if (name == "f16") return torch::kHalf;
-  if (name == "f32") return torch::kFloat;
-  fail("--dtype: '{}' is not a dtype (expected f32, bf16 or f16)", name);
-}
-
-torch::Device device_of(const std::string& name) {
-  try {
-    torch::Device device(name);
-    USERIP_CHECK(!device.is_cuda() || torch::hasCUDA(), "--device {}: this build of libtorch has no CUDA", name);
-    return device;
-  } catch (const c10::Error&) {
-    fail("--device: '{}' is not a device (expected cpu or cuda[:N])", name);
-  }
-}
-
-lm::CausalLM load(const ModelOptions& o) { return lm::load_model(o.model, dtype_of(o.dtype), device_of(o.device)); }
 
 void print_info(const std::filesystem::path& path) {
   lm::ModelConfig config;
@@ -147,6 +118,30 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
       std::cout << fmt::format("{} {}: {:.2f} M parameters, {} training tokens, held-out perplexity {:.2f}, {:.0f} s\n",
                                result.reused ? "reused" : "pretrained", out->string(), result.parameters / 1e6,
                                result.train_tokens, result.heldout_perplexity, result.seconds);
+    });
+  }
+
+  {  // lm corpus
+    auto* cmd = lm_app->add_subcommand(
+        "corpus", "Write the text `lm pretrain` trains the default LM on (catalogue, user summaries, training behaviour), "
+                  "one document per line");
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto out = std::make_shared<std::filesystem::path>();
+    auto seed = std::make_shared<std::uint64_t>(42);
+    cmd->add_option("--dataset", *dataset, "Dataset directory")->required();
+    cmd->add_option("--out", *out, "Text file to write (training documents, then held-out ones)")->required();
+    cmd->add_option("--seed", *seed, "Seed of the held-out draw (as lm pretrain --seed)")->capture_default_str();
+    on_run(cmd, [dataset, out, seed] {
+      auto d = data::Dataset::load(*dataset);
+      auto corpus_options = text::default_corpus_options(d);
+      corpus_options.seed = *seed;
+      auto corpus = text::build_corpus(d, corpus_options);
+      std::string text;
+      for (const auto* part : {&corpus.train, &corpus.heldout})
+        for (const auto& line : *part) text += line + "\n";
+      write_file_atomic(*out, text);
+      std::cout << fmt::format("{} training and {} held-out documents -> {}\n", corpus.train.size(),
+                               corpus.heldout.size(), out->string());
     });
   }
 

@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
 
   cli::add_data_commands(app, global);
   cli::add_lm_commands(app, global);
+  cli::add_profile_commands(app, global);
+  cli::add_bank_commands(app, global);
 
   try {
     app.parse(argc, argv);

@@ -15,7 +15,18 @@ struct CorpusOptions {
   // One sentence per training interaction; a user's sentences are joined in time order into
   // documents of at most `sentences_per_document`, so the LM learns what goes with what.
   std::string behaviour_phrase = "Watched {title} ({year}), {genres}; rated {rating}.";
-  std::size_t sentences_per_document = 8;
+  // Short documents keep each one, with its user summary, inside the LM's context window (a few
+  // sentences of about 25-35 tokens each), so that the LM learns to read the summary.
+  std::size_t sentences_per_document = 3;
+  // A summary of the document's user, put before its behaviour sentences in a share of the
+  // documents, so that the LM learns to condition behaviour on a description of the user at the
+  // start of the text: the place where profile templates later put the soft profile tokens after
+  // the same words. Placeholders, over the user's *training* rows: {user.count}, {user.mean_rating}
+  // (one decimal), {user.rating_style} (critical / moderate / generous), {user.top.FIELD} (most
+  // distinctive value of a category field: highest share relative to the population among values
+  // of at least 10% of the user's rows) and {user.top2.FIELD} (the two most distinctive). "" = none.
+  std::string user_phrase;
+  double user_phrase_share = 0.75;  // of documents that start with the summary
   double heldout_fraction = 0.05;  // of documents, for held-out perplexity
   std::uint64_t seed = 42;
 };

@@ -1,0 +1,114 @@
+#pragma once
+// Residual codebooks: the quantizer that turns a user's profile vector for one attribute into
+// a few small integer IDs. Level 0 quantizes the vector; level r quantizes what levels < r
+// left over, so the IDs form a hierarchy (coarse taste, then finer corrections).
+//
+// Every operation computes on the device of the tensors it is given (the codewords, which are
+// small, are moved there) and is deterministic for a seed on the CPU.
+#include <torch/types.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace userip::lm {
+class TensorSource;
+}
+
+namespace userip::profile {
+
+class ResidualCodebook {
+ public:
+  // Limits accepted by the constructor (a code must fit the feature bank's integer columns;
+  // more than a handful of levels only re-quantizes noise).
+  static constexpr std::int64_t kMaxCodes = 65536;
+  static constexpr int kMaxLevels = 8;
+
+  ResidualCodebook() = default;
+  // Throws userip::Error unless dim > 0, 1 <= codes <= 65536 and 1 <= levels <= 8. The codewords
+  // stay empty (initialized() is false) until an init_* call or from_tensors().
+  ResidualCodebook(std::int64_t dim, std::int64_t codes, int levels);
+
+  std::int64_t dim() const { return dim_; }
+  std::int64_t codes() const { return codes_; }
+  int levels() const { return levels_; }
+  bool initialized() const { return !codewords_.empty(); }
+
+  // Codewords of each level, [codes, dim] float32. Modifiable: the `joint` mode hands them to an
+  // optimiser (set requires_grad on them); update_means() writes into the same tensors in place
+  // when their device matches, so an optimiser's references stay valid.
+  std::vector<torch::Tensor>& codewords() { return codewords_; }
+  const std::vector<torch::Tensor>& codewords() const { return codewords_; }
+
+  // k-means++ seeding, level by level, on x [N, dim]: level r is seeded on the residuals that
+  // levels < r (already seeded) leave. The codewords are created on x's device. With N < codes
+  // the surplus codes copy a point plus a small deterministic jitter (and a warning is logged).
+  void init_kmeanspp(const torch::Tensor& x, std::uint64_t seed);
+  // Every codeword entry drawn from U[-1/K, 1/K], as the authors' released code initialises.
+  void init_uniform(std::uint64_t seed, torch::Device device = torch::kCPU);
+
+  // Greedy residual assignment: at each level the nearest codeword (squared L2) to what the
+  // earlier levels left. Returns codes [N, levels] int64 on x's device.
+  torch::Tensor assign(const torch::Tensor& x) const;
+  // Sum over levels of the chosen codewords: [N, dim] on codes' device. Differentiable with
+  // respect to the codewords (the joint mode's codebook loss goes through it).
+  torch::Tensor reconstruct(const torch::Tensor& codes) const;
+
+  struct UpdateStats {
+    std::int64_t reseeded = 0;                       // empty codes re-seeded, all levels together
+    std::vector<std::int64_t> reseeded_per_level;    // size levels()
+    torch::Tensor codes;                             // [N, levels] int64: the assignment the means used
+  };
+  // M-step, level by level. Level 0 uses codes[:, 0] as given (the E-step's hard assignment).
+  // For level r >= 1 the target is the residual after the *updated* levels < r, which moved, so
+  // its assignment is recomputed against level r's current codewords before the means are taken:
+  // each level does one complete Lloyd step on its own residuals. Each codeword becomes the mean
+  // of the residuals assigned to it. A code nobody chose is re-seeded with the residual of the
+  // point that has the largest remaining error at that level (ties: lowest point index; the next
+  // empty code takes the next point); that point moves to the re-seeded code, the mean of the
+  // code it left is not recomputed (the next round does). Where no point has error left, the
+  // re-seeded code copies a point plus a small deterministic jitter. Returns what happened.
+  UpdateStats update_means(const torch::Tensor& x, const torch::Tensor& codes);
+
+  // Mean over points of ||x - reconstruct(assign(x))||^2.
+  double quantization_error(const torch::Tensor& x) const;
+
+  // Stable hex hash of the shape and the codeword bytes (float32, little-endian as in memory).
+  std::string fingerprint() const;
+
+  // Appends "<prefix>.level<r>" (r = 0 .. levels-1, the codes' column index) as CPU float32
+  // [codes, dim] tensors, ready for lm::write_safetensors.
+  void save(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& prefix) const;
+  // The codebook saved under `prefix`: "<prefix>.level0", "<prefix>.level1", ... (consecutive,
+  // at least level0). Throws naming the tensor when one is missing, not 2-D, not floating point,
+  // or shaped unlike level0. Tensors are converted to float32 and kept on their device.
+  static ResidualCodebook from_tensors(const std::map<std::string, torch::Tensor>& tensors,
+                                       const std::string& prefix);
+  // The same, reading from a checkpoint file (lm::open_safetensors) onto `device`.
+  static ResidualCodebook from_source(const lm::TensorSource& source, const std::string& prefix,
+                                      torch::Device device = torch::kCPU);
+
+ private:
+  void check_ready(const char* what) const;
+  void check_points(const torch::Tensor& x, const char* name) const;
+  void check_codes(const torch::Tensor& codes, std::int64_t rows) const;
+  std::vector<torch::Tensor> codewords_on(torch::Device device) const;
+
+  std::int64_t dim_ = 0;
+  std::int64_t codes_ = 0;
+  int levels_ = 0;
+  std::vector<torch::Tensor> codewords_;
+};
+
+struct CodeUsage {
+  std::vector<std::int64_t> counts;  // per code
+  double perplexity = 0;             // exp(entropy of counts / N); K for uniform use, 1 for one code
+  std::int64_t dead = 0;             // codes with no point
+};
+// Usage of one level's codes ([N] int64, any device, values in [0, num_codes)).
+// With N = 0 every code is dead and the perplexity is 0.
+CodeUsage code_usage(const torch::Tensor& codes_of_one_level, std::int64_t num_codes);
+
+}  // namespace userip::profile

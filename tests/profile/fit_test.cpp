@@ -1,0 +1,274 @@
+// The profile-fitting machinery end to end on a small synthetic world, through a tiny LM pretrained
+// here on the world's own training text (the same code path as the default LM). What the profiles
+// are worth (ground-truth recovery, held-out NLL against controls) needs the full-size world and the
+// default LM: docs/RESULTS.md. Here:
+// 1. outputs round-trip through load_fit, and a rerun reuses them; the frozen LM is untouched;
+// 2. an interrupted fit resumes to the same codes as an uninterrupted one;
+// 3. fold-in gives codes to cold users; the joint mode and the ablations run; explanations cover
+//    every code and its members; bad options are rejected.
+#include "userip/profile/fit.h"
+
+#include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <fstream>
+#include <memory>
+
+#include "support/temp_dir.h"
+#include "text/text_test_support.h"
+#include "userip/data/split.h"
+#include "userip/data/synth.h"
+#include "userip/lm/loader.h"
+#include "userip/lm/model_tokenizer.h"
+#include "userip/lm/pretrain.h"
+#include "userip/profile/clustering.h"
+#include "userip/profile/explain.h"
+#include "userip/text/corpus.h"
+#include "userip/util/fs.h"
+
+namespace userip::profile {
+namespace {
+
+namespace fs = std::filesystem;
+using userip::testing::TempDir;
+
+// One world and one LM for the whole suite: pretraining is the expensive part.
+struct World {
+  fs::path dir;
+  data::Dataset dataset;
+  data::SynthGroundTruth truth;
+  std::unique_ptr<lm::CausalLM> model;
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  std::unique_ptr<ProfileTemplate> tmpl;
+
+  FitInputs inputs() const {
+    FitInputs in;
+    in.dataset = &dataset;
+    in.model = model.get();
+    in.tokenizer = tokenizer.get();
+    in.profile_template = tmpl.get();
+    return in;
+  }
+};
+
+World* g_world = nullptr;
+
+
+class ProfileFit : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (g_world || testing::text::find_program("spm_train").empty()) return;
+    auto w = std::make_unique<World>();
+    w->dir = fs::temp_directory_path() / ("userip-profile-fit-" + std::to_string(::getpid()));
+    fs::remove_all(w->dir);
+    data::SynthOptions so;
+    so.users = 120;
+    so.items = 300;
+    so.taste_classes = 4;
+    so.background_classes = 3;
+    so.categories = 8;
+    so.mean_interactions = 20;
+    so.seed = 5;
+    so.show_progress = false;
+    auto world = data::generate_synthetic(so);
+    data::SplitConfig split;
+    split.seed = 5;
+    world.dataset.split = data::make_split(world.dataset, split);
+    w->dataset = std::move(world.dataset);
+    w->truth = world.truth;
+
+    auto corpus_options = text::default_corpus_options(w->dataset);
+    auto corpus = text::build_corpus(w->dataset, corpus_options);
+    lm::PretrainOptions po;
+    po.hidden_size = 48;
+    po.num_layers = 2;
+    po.num_heads = 2;
+    po.intermediate_size = 128;
+    po.vocab_size = 400;
+    po.context = 128;
+    po.steps = 60;
+    po.batch_sequences = 16;
+    po.learning_rate = 5e-3;
+    po.warmup_steps = 10;
+    po.eval_every = 60;
+    po.checkpoint_every = 60;
+    po.show_progress = false;
+    po.seed = 3;
+    lm::pretrain_lm(corpus, po, w->dir / "lm");
+    w->model = std::make_unique<lm::CausalLM>(lm::load_model(w->dir / "lm"));
+    w->tokenizer = lm::load_model_tokenizer(w->dir / "lm");
+    w->tmpl = std::make_unique<ProfileTemplate>(
+        ProfileTemplate::load(fs::path(USERIP_SOURCE_DIR) / "templates" / "synthetic.json", w->dataset));
+    g_world = w.release();
+  }
+  static void TearDownTestSuite() {
+    if (!g_world) return;
+    std::error_code ignored;
+    fs::remove_all(g_world->dir, ignored);
+    delete g_world;
+    g_world = nullptr;
+  }
+  void SetUp() override {
+    if (!g_world) GTEST_SKIP() << "spm_train not installed (Debian package sentencepiece)";
+  }
+
+  static FitOptions small_options() {
+    FitOptions o;
+    o.codes = 4;  // the world has 4 taste classes
+    o.codes_per_attribute["background"] = 3;
+    o.rounds = 2;
+    o.samples.samples_per_user = 2;
+    o.population_steps = 4;
+    o.show_progress = false;
+    o.max_eval_users = 30;
+    return o;
+  }
+};
+
+
+TEST_F(ProfileFit, OutputsRoundTripAndARerunReusesThem) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 2;
+  auto result = fit_profiles(g_world->inputs(), options, dir.path());
+  for (const char* file : {"profile.json", "profiles.safetensors", "users.txt", "codes.csv", "log.jsonl", "evaluation.json"})
+    EXPECT_TRUE(fs::exists(dir / file)) << file;
+  EXPECT_FALSE(fs::exists(dir / "checkpoint"));
+  auto saved = load_fit(dir.path(), g_world->dataset, *g_world->tmpl);
+  EXPECT_TRUE(torch::equal(saved.profiles.vectors, result.profiles.vectors));
+  EXPECT_TRUE(torch::equal(saved.profiles.codes, result.profiles.codes));
+  EXPECT_EQ(saved.profiles.user_ids, result.profiles.user_ids);
+  EXPECT_EQ(saved.record["seed"], 42);
+  EXPECT_EQ(saved.record["model_fingerprint"], g_world->model->fingerprint());
+  // codes.csv: a header and one line per user, codes as the tensor says.
+  std::ifstream csv(dir / "codes.csv");
+  std::string header, line;
+  std::getline(csv, header);
+  EXPECT_EQ(header, "user,taste,background");
+  std::size_t lines = 0;
+  while (std::getline(csv, line)) {
+    const auto i = static_cast<std::int64_t>(lines);
+    EXPECT_EQ(line, fmt::format("{},{},{}", result.profiles.user_ids[lines], result.profiles.codes[i][0][0].item<std::int64_t>(),
+                                result.profiles.codes[i][1][0].item<std::int64_t>()));
+    ++lines;
+  }
+  EXPECT_EQ(lines, result.profiles.users.size());
+  // Same inputs and options: reused, nothing refitted.
+  const auto modified = fs::last_write_time(dir / "profiles.safetensors");
+  auto again = fit_profiles(g_world->inputs(), options, dir.path());
+  EXPECT_EQ(fs::last_write_time(dir / "profiles.safetensors"), modified);
+  EXPECT_TRUE(torch::equal(again.profiles.codes, result.profiles.codes));
+}
+
+TEST_F(ProfileFit, AnInterruptedFitResumesToTheSameCodes) {
+  TempDir dir;  // one per test: TempDir names come from the test, so two would share a path
+  const auto whole = dir / "whole", split = dir / "split";
+  auto options = small_options();
+  options.rounds = 3;
+  options.checkpoint_seconds = 1e9;  // only the interruption writes one
+  auto uninterrupted = fit_profiles(g_world->inputs(), options, whole);
+  auto stopping = options;
+  stopping.stop_after_batches = 5;  // inside round 1
+  auto first = fit_profiles(g_world->inputs(), stopping, split);
+  ASSERT_TRUE(first.interrupted);
+  ASSERT_TRUE(fs::exists(split / "checkpoint" / "state.json"));
+  stopping.stop_after_batches = 0;
+  auto resumed = fit_profiles(g_world->inputs(), stopping, split);
+  EXPECT_TRUE(resumed.resumed);
+  ASSERT_EQ(resumed.profiles.users, uninterrupted.profiles.users);
+  auto same = (resumed.profiles.codes == uninterrupted.profiles.codes).all(2).all(1).to(torch::kDouble).mean().item<double>();
+  EXPECT_GE(same, 0.99);
+  EXPECT_TRUE(torch::allclose(resumed.profiles.vectors, uninterrupted.profiles.vectors, 1e-5, 1e-6));
+}
+
+TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 3;
+  auto fit = fit_profiles(g_world->inputs(), options, dir.path());
+  auto history = g_world->dataset.view({data::SplitPart::cold_history});
+  auto users = history.users();
+  ASSERT_FALSE(users.empty());
+  InferOptions io;
+  io.show_progress = false;
+  auto cold = infer_profiles(g_world->inputs(), fit.profiles, options, history, users, io);
+  ASSERT_TRUE(cold.has_codes());
+  EXPECT_EQ(cold.codes.size(0), static_cast<std::int64_t>(users.size()));
+  EXPECT_EQ(cold.codebook_fingerprint(), fit.profiles.codebook_fingerprint());
+  // Their held-out behaviour can be scored with the folded-in profiles.
+  auto test = g_world->dataset.view({data::SplitPart::cold_test});
+  auto e = evaluate_profiles(g_world->inputs(), cold, options, history, test);
+  EXPECT_GT(e.tokens, 0);
+  EXPECT_TRUE(std::isfinite(e.own));
+  // A user with no history cannot be folded in.
+  auto train_user = g_world->dataset.training_view().users().front();
+  testing::expect_error([&] { infer_profiles(g_world->inputs(), fit.profiles, options, history, {train_user}, io); },
+                        {"no history"});
+}
+
+TEST_F(ProfileFit, JointModeAndAblationsRun) {
+  TempDir dir;
+  const auto joint_dir = dir / "joint", dense_dir = dir / "dense", mean_dir = dir / "mean", random_dir = dir / "random";
+  auto options = small_options();
+  options.rounds = 2;
+  auto joint = options;
+  joint.mode = EmMode::joint;
+  auto j = fit_profiles(g_world->inputs(), joint, joint_dir);
+  ASSERT_TRUE(j.profiles.has_codes());
+  auto dense = options;
+  dense.ablation = ProfileAblation::no_codebook;
+  auto d = fit_profiles(g_world->inputs(), dense, dense_dir);
+  EXPECT_FALSE(d.profiles.has_codes());
+  EXPECT_FALSE(fs::exists(dense_dir / "codes.csv"));
+  auto mean = options;
+  mean.ablation = ProfileAblation::mean;
+  auto m = fit_profiles(g_world->inputs(), mean, mean_dir);
+  EXPECT_EQ(std::get<0>(at::_unique(m.profiles.codes.select(1, 0))).numel(), 1);
+  auto random = options;
+  random.ablation = ProfileAblation::random;
+  auto r = fit_profiles(g_world->inputs(), random, random_dir);
+  EXPECT_EQ(r.tokens, 0);  // nothing was fitted
+  ASSERT_TRUE(r.profiles.has_codes());
+}
+
+TEST_F(ProfileFit, ExplanationsCoverEveryCodeAndItsMembers) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 2;
+  auto fit = fit_profiles(g_world->inputs(), options, dir.path());
+  ExplainOptions eo;
+  eo.max_new_tokens = 6;
+  auto train = g_world->dataset.training_view();
+  auto codes = explain_codes(g_world->inputs(), fit.profiles, train, eo);
+  ASSERT_EQ(codes.size(), 4u + 3u);
+  std::int64_t taste_members = 0;
+  for (const auto& c : codes) {
+    if (c.attribute == "taste") taste_members += c.members.users;
+    if (c.members.users > 0) {
+      EXPECT_FALSE(c.continuation.empty());
+      EXPECT_FALSE(c.members.top_categories.empty());
+    }
+  }
+  EXPECT_EQ(taste_members, static_cast<std::int64_t>(fit.profiles.users.size()));
+  auto user = explain_user(g_world->inputs(), fit.profiles, train, fit.profiles.user_ids.front(), eo);
+  EXPECT_EQ(user.fields, (std::vector<std::string>{"taste", "background"}));
+  EXPECT_EQ(user.continuations.size(), 2u);
+  testing::expect_error([&] { explain_user(g_world->inputs(), fit.profiles, train, "nobody", eo); }, {"nobody"});
+}
+
+TEST_F(ProfileFit, BadOptionsAreRejected) {
+  TempDir dir;
+  auto o = small_options();
+  o.codes = 0;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--codes"});
+  o = small_options();
+  o.lambda_end = 0.01;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--lambda-start"});
+  o = small_options();
+  o.samples.max_tokens = 4;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--max-tokens"});
+}
+
+}  // namespace
+}  // namespace userip::profile

@@ -1,0 +1,353 @@
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "model_options.h"
+#include "userip/data/dataset.h"
+#include "userip/lm/model_tokenizer.h"
+#include "userip/profile/explain.h"
+#include "userip/profile/fit.h"
+#include "userip/store/feature_bank.h"
+#include "userip/util/error.h"
+#include "userip/util/fs.h"
+
+namespace userip::cli {
+
+namespace {
+
+// The template of a run: a file, the dataset's default, or (for later commands) the copy the fit
+// recorded. `soft_tokens` > 0 overrides every attribute's number of soft tokens (an ablation).
+profile::ProfileTemplate load_template(const std::filesystem::path& file, const data::Dataset& dataset,
+                                       int soft_tokens, std::string* used_path) {
+  std::filesystem::path path = file.empty() ? profile::default_template_path(dataset) : file;
+  if (used_path) *used_path = path.string();
+  if (soft_tokens <= 0) return profile::ProfileTemplate::load(path, dataset);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::parse_error&) {
+    return profile::ProfileTemplate::load(path, dataset);  // reports the syntax error with its line
+  }
+  if (j.contains("attributes") && j["attributes"].is_array())
+    for (auto& a : j["attributes"]) a["soft_tokens"] = soft_tokens;
+  return profile::ProfileTemplate::parse(j.dump(2), fmt::format("{} (with --soft-tokens {})", path.string(), soft_tokens),
+                                         dataset);
+}
+
+profile::ProfileTemplate recorded_template(const nlohmann::json& record, const data::Dataset& dataset,
+                                           const std::string& source) {
+  USERIP_CHECK(record.contains("template") && record["template"].is_object(), "{}: no \"template\" object", source);
+  nlohmann::json t = record["template"];
+  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) t.erase(derived);
+  return profile::ProfileTemplate::parse(t.dump(2), source + " (template)", dataset);
+}
+
+struct FitCommand {
+  std::filesystem::path dataset, template_file, out, bank;
+  ModelOptions model;
+  profile::FitOptions options;
+  std::string mode = "alternating", attention = "segment", ablation = "none";
+  std::vector<std::string> attribute_codes;
+  int soft_tokens = 0;
+  bool no_bank = false;
+};
+
+void print_comparison(const profile::NllComparison& c) {
+  std::cout << fmt::format("validation NLL per token ({} users, {} tokens): own profile {:.4f}", c.users, c.tokens, c.own);
+  if (c.quantized >= 0) std::cout << fmt::format(", own codes {:.4f}", c.quantized);
+  std::cout << fmt::format(", mean profile {:.4f}, another user's profile {:.4f}\n", c.mean, c.shuffled);
+}
+
+// Publishes the codes of a fit directory as a feature bank.
+void write_bank_of(const profile::Profiles& profiles, const nlohmann::json& record, const std::filesystem::path& bank) {
+  store::BankContents contents;
+  const auto names = profiles.field_names();
+  for (std::size_t a = 0, f = 0; a < profiles.codebooks.size(); ++a)
+    for (int r = 0; r < profiles.codebooks[a].levels(); ++r)
+      contents.fields.push_back({names[f++], static_cast<std::int32_t>(profiles.codebooks[a].codes())});
+  contents.codebook_fingerprint = profiles.codebook_fingerprint();
+  for (const char* key : {"seed", "model_fingerprint", "dataset", "template_path"})
+    if (record.contains(key)) contents.extra[key] = record[key];
+  contents.users = profiles.user_ids;
+  auto codes = profiles.codes.reshape({profiles.codes.size(0), -1}).to(torch::kInt).contiguous();
+  contents.codes.assign(codes.data_ptr<std::int32_t>(), codes.data_ptr<std::int32_t>() + codes.numel());
+  auto meta = store::write_bank(bank, contents);
+  std::cout << fmt::format("feature bank {} version {}: {} users, {} fields\n", bank.string(), meta.version,
+                           contents.users.size(), contents.fields.size());
+}
+
+// What the later commands need from a finished fit.
+struct LoadedFit {
+  data::Dataset dataset;
+  std::unique_ptr<lm::CausalLM> model;
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  std::unique_ptr<profile::ProfileTemplate> profile_template;
+  profile::SavedFit fit;
+  profile::FitInputs inputs() const {
+    profile::FitInputs in;
+    in.dataset = &dataset;
+    in.model = model.get();
+    in.tokenizer = tokenizer.get();
+    in.profile_template = profile_template.get();
+    return in;
+  }
+};
+
+LoadedFit load_fit_dir(const std::filesystem::path& dir, const std::filesystem::path& dataset_dir, ModelOptions model) {
+  LoadedFit f;
+  const auto record_file = dir / "profile.json";
+  USERIP_CHECK(std::filesystem::exists(record_file), "{}: not a profile directory (no profile.json; run `userip profile fit`)",
+               dir.string());
+  nlohmann::json record;
+  try {
+    record = nlohmann::json::parse(read_file(record_file));
+  } catch (const nlohmann::json::parse_error& e) {
+    fail("{}: malformed JSON: {}", record_file.string(), e.what());
+  }
+  std::filesystem::path dataset_path = dataset_dir;
+  if (dataset_path.empty()) {
+    USERIP_CHECK(record.contains("dataset") && record["dataset"].is_string() && !record["dataset"].get<std::string>().empty(),
+                 "{}: records no dataset; give --dataset", record_file.string());
+    dataset_path = record["dataset"].get<std::string>();
+  }
+  f.dataset = data::Dataset::load(dataset_path);
+  if (model.model.empty()) {
+    USERIP_CHECK(record.contains("model") && record["model"].contains("path"), "{}: records no model; give --model",
+                 record_file.string());
+    model.model = record["model"]["path"].get<std::string>();
+  }
+  f.model = std::make_unique<lm::CausalLM>(load(model));
+  const std::string expected = record.value("model_fingerprint", "");
+  if (!expected.empty() && f.model->fingerprint() != expected)
+    spdlog::warn("{}: the model differs from the one the profiles were fitted with (fingerprint {} vs {})",
+                 model.model.string(), f.model->fingerprint(), expected);
+  f.tokenizer = lm::load_model_tokenizer(model.model);
+  f.profile_template = std::make_unique<profile::ProfileTemplate>(recorded_template(record, f.dataset, record_file.string()));
+  f.fit = profile::load_fit(dir, f.dataset, *f.profile_template);
+  f.fit.options.device = device_of(model.device);
+  return f;
+}
+
+}  // namespace
+
+void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
+  auto* profile_app = app.add_subcommand(
+      "profile", "User profiles: fit soft profile tokens through the frozen LM (EM with codebooks), fold in new "
+                 "users, explain codes");
+  profile_app->require_subcommand(1);
+
+  {  // profile fit
+    auto* cmd = profile_app->add_subcommand(
+        "fit", "Fit every training user's profile (soft tokens per attribute) and the codebooks; write profiles, "
+               "codes, the fit log and a feature bank");
+    auto c = std::make_shared<FitCommand>();
+    auto& o = c->options;
+    cmd->add_option("--dataset", c->dataset, "Dataset directory (profiles use its training split only)")->required();
+    add_model_options(cmd, c->model);
+    cmd->add_option("--template", c->template_file,
+                    "Template file (JSON, docs/TEMPLATES.md); default: the shipped one for the dataset's fields");
+    cmd->add_option("--out", c->out, "Output directory")->required();
+    cmd->add_option("--bank", c->bank, "Feature bank to write (default: OUT/bank.sqlite)");
+    cmd->add_flag("--no-bank", c->no_bank, "Do not write a feature bank");
+    cmd->add_option("--mode", c->mode, "EM scheme: alternating (E-step/M-step) or joint (the released code's)")
+        ->capture_default_str();
+    cmd->add_option("--attention", c->attention,
+                    "segment (each attribute's evidence and soft tokens see only their own segment) or causal")
+        ->capture_default_str();
+    cmd->add_option("--ablation", c->ablation, "none, no-codebook (dense profiles only), random or mean")
+        ->capture_default_str();
+    cmd->add_option("--codes", o.codes, "Codes per attribute and level (K)")->capture_default_str();
+    cmd->add_option("--attribute-codes", c->attribute_codes, "K for one attribute, as NAME=K (repeatable)");
+    cmd->add_option("--levels", o.levels, "Residual codebook levels (hierarchical IDs)")->capture_default_str();
+    cmd->add_option("--soft-tokens", c->soft_tokens, "Soft tokens per attribute, overriding the template (0 = keep)")
+        ->capture_default_str();
+    cmd->add_option("--rounds", o.rounds, "EM rounds (alternating) or epochs (joint)")->capture_default_str();
+    cmd->add_option("--population-steps", o.population_steps,
+                    "Adam steps on one profile shared by all users, the start of every user's E-steps (alternating)")
+        ->capture_default_str();
+    cmd->add_option("--estep-steps", o.estep_steps, "Adam steps per batch in each E-step")->capture_default_str();
+    cmd->add_option("--learning-rate", o.learning_rate, "Adam learning rate of the soft tokens (alternating)")
+        ->capture_default_str();
+    cmd->add_option("--joint-learning-rate", o.joint_learning_rate, "AdamW learning rate (joint)")->capture_default_str();
+    cmd->add_option("--joint-batch", o.joint_batch, "Samples per step (joint)")->capture_default_str();
+    cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
+    cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
+        ->capture_default_str();
+    cmd->add_option("--max-tokens", o.samples.max_tokens, "Tokens per sample (prompt + behaviour)")->capture_default_str();
+    cmd->add_option("--samples-per-user", o.samples.samples_per_user, "Samples per user and round")->capture_default_str();
+    cmd->add_option("--batch-tokens", o.max_batch_tokens, "Tokens per batch, padding included")->capture_default_str();
+    cmd->add_option("--eval-users", o.max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
+        ->capture_default_str();
+    cmd->add_option("--checkpoint-seconds", o.checkpoint_seconds, "Seconds between resumable checkpoints")
+        ->capture_default_str();
+    cmd->add_option("--seed", o.seed, "Seed of initialisation, samples and codebooks")->capture_default_str();
+    cmd->add_option("--stop-after-batches", o.stop_after_batches,
+                    "Stop after this many batches as an interruption would (for testing resume)")
+        ->capture_default_str();
+    on_run(cmd, [c] {
+      auto& o = c->options;
+      o.mode = profile::em_mode_from_string(c->mode);
+      o.attention = profile::attention_structure_from_string(c->attention);
+      o.ablation = profile::profile_ablation_from_string(c->ablation);
+      o.samples.seed = o.seed;
+      for (const auto& spec : c->attribute_codes) {
+        auto eq = spec.find('=');
+        USERIP_CHECK(eq != std::string::npos && eq > 0, "--attribute-codes '{}': expected NAME=K", spec);
+        try {
+          o.codes_per_attribute[spec.substr(0, eq)] = std::stoll(spec.substr(eq + 1));
+        } catch (const std::exception&) {
+          fail("--attribute-codes '{}': K is not an integer", spec);
+        }
+      }
+      o.device = device_of(c->model.device);
+      o.validate();
+      auto dataset = data::Dataset::load(c->dataset);
+      std::string template_path;
+      auto tmpl = load_template(c->template_file, dataset, c->soft_tokens, &template_path);
+      for (const auto& [name, k] : o.codes_per_attribute) {
+        bool known = false;
+        for (const auto& a : tmpl.attributes()) known = known || a.name == name;
+        USERIP_CHECK(known, "--attribute-codes: the template has no attribute '{}'", name);
+      }
+      auto model = load(c->model);
+      auto tokenizer = lm::load_model_tokenizer(c->model.model);
+      profile::FitInputs in;
+      in.dataset = &dataset;
+      in.model = &model;
+      in.tokenizer = tokenizer.get();
+      in.profile_template = &tmpl;
+      in.model_path = std::filesystem::absolute(c->model.model).string();
+      in.template_path = template_path;
+      in.dataset_path = std::filesystem::absolute(c->dataset).string();
+      auto result = profile::fit_profiles(in, o, c->out);
+      if (result.interrupted) {
+        std::cout << fmt::format("stopped early as asked; rerun the same command to resume from {}\n",
+                                 (c->out / "checkpoint").string());
+        return;
+      }
+      std::cout << fmt::format("profiles of {} users ({} attributes) in {}\n", result.profiles.users.size(),
+                               result.profiles.attributes.size(), c->out.string());
+      print_comparison(result.evaluation);
+      if (!c->no_bank && result.profiles.has_codes()) {
+        auto record = nlohmann::json::parse(read_file(c->out / "profile.json"));
+        write_bank_of(result.profiles, record, c->bank.empty() ? c->out / "bank.sqlite" : c->bank);
+      }
+    });
+  }
+
+  {  // profile infer
+    auto* cmd = profile_app->add_subcommand(
+        "infer", "Fold in users the fit did not see (E-steps only; LM and codebooks frozen): by default the "
+                 "dataset's cold users from their cold_history interactions");
+    auto dir = std::make_shared<std::filesystem::path>();
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto out = std::make_shared<std::filesystem::path>();
+    auto bank = std::make_shared<std::filesystem::path>();
+    auto model = std::make_shared<ModelOptions>();
+    auto users = std::make_shared<std::vector<std::string>>();
+    auto rounds = std::make_shared<int>(0);
+    cmd->add_option("--profile", *dir, "Directory of a finished `profile fit`")->required();
+    cmd->add_option("--dataset", *dataset, "Dataset directory (default: the one the fit recorded)");
+    add_model_options(cmd, *model, false);
+    cmd->add_option("--user", *users, "Original id of a user to fold in (repeatable; default: every cold user)");
+    cmd->add_option("--rounds", *rounds, "E-step rounds (0 = as many as the fit had)")->capture_default_str();
+    cmd->add_option("--out", *out, "Output directory for the new users' profiles and codes")->required();
+    cmd->add_option("--bank", *bank, "Also publish the new users' codes as a feature bank here");
+    on_run(cmd, [dir, dataset, model, users, rounds, out, bank] {
+      auto f = load_fit_dir(*dir, *dataset, *model);
+      const auto history = f.dataset.view({data::SplitPart::cold_history});
+      std::vector<std::uint32_t> chosen;
+      if (users->empty()) {
+        chosen = history.users();
+        USERIP_CHECK(!chosen.empty(), "the dataset has no cold users with cold_history interactions; name users with --user");
+      } else {
+        for (const auto& id : *users) {
+          auto u = f.dataset.find_user(id);
+          USERIP_CHECK(u.has_value(), "--user '{}' is not in the dataset", id);
+          chosen.push_back(*u);
+        }
+      }
+      profile::InferOptions options;
+      options.rounds = *rounds;
+      auto in = f.inputs();
+      auto profiles = profile::infer_profiles(in, f.fit.profiles, f.fit.options, history, chosen, options);
+      nlohmann::json record = f.fit.record;
+      record["folded_in_from"] = std::filesystem::absolute(*dir).string();
+      record["history_part"] = "cold_history";
+      record.erase("evaluation");
+      profile::save_profiles(profiles, *out, record);
+      std::cout << fmt::format("profiles of {} folded-in users in {}\n", profiles.users.size(), out->string());
+      const auto test = f.dataset.view({data::SplitPart::cold_test});
+      auto comparison = profile::evaluate_profiles(in, profiles, f.fit.options, history, test);
+      if (comparison.tokens > 0) {
+        std::cout << "on their cold_test interactions: ";
+        print_comparison(comparison);
+        write_file_atomic(*out / "evaluation.json", comparison.to_json().dump(2));
+      }
+      if (!bank->empty() && profiles.has_codes()) write_bank_of(profiles, record, *bank);
+    });
+  }
+
+  {  // profile explain
+    auto* cmd = profile_app->add_subcommand(
+        "explain", "For every code: the frozen LM's continuation of the attribute's probe with the codeword as "
+                   "soft token, and its members' statistics; or one user's codes and history");
+    auto dir = std::make_shared<std::filesystem::path>();
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto model = std::make_shared<ModelOptions>();
+    auto user = std::make_shared<std::string>();
+    auto as_json = std::make_shared<bool>(false);
+    auto o = std::make_shared<profile::ExplainOptions>();
+    cmd->add_option("--profile", *dir, "Directory of a finished `profile fit` (or `profile infer`)")->required();
+    cmd->add_option("--dataset", *dataset, "Dataset directory (default: the one the fit recorded)");
+    add_model_options(cmd, *model, false);
+    cmd->add_option("--user", *user, "Explain this user (original id) instead of every code");
+    cmd->add_option("--max-new-tokens", o->max_new_tokens, "Tokens of each continuation")->capture_default_str();
+    cmd->add_option("--top", o->top_categories, "Top categories listed per code")->capture_default_str();
+    cmd->add_option("--category-field", o->category_field, "Item field to describe members by (default: the first "
+                                                          "category field)");
+    cmd->add_flag("--json", *as_json, "JSON lines instead of text");
+    on_run(cmd, [dir, dataset, model, user, as_json, o] {
+      auto f = load_fit_dir(*dir, *dataset, *model);
+      const auto history = f.fit.record.contains("folded_in_from")
+                               ? f.dataset.view({data::SplitPart::cold_history})
+                               : f.dataset.training_view();
+      auto in = f.inputs();
+      auto describe = [](const profile::MemberStatistics& m) {
+        std::string top;
+        for (const auto& c : m.top_categories)
+          top += fmt::format("{}{} ({:.0f}%, lift {:.2f})", top.empty() ? "" : ", ", c.value, 100 * c.share, c.lift);
+        return fmt::format("{} users, {:.1f} interactions each, mean rating {:.2f}, {:.0f}% liked; top: {}", m.users,
+                           m.interactions_per_user, m.mean_rating, 100 * m.like_rate, top.empty() ? "-" : top);
+      };
+      if (!user->empty()) {
+        auto e = profile::explain_user(in, f.fit.profiles, history, *user, *o);
+        if (*as_json) {
+          std::cout << e.to_json().dump() << "\n";
+          return;
+        }
+        std::cout << "user " << e.user << "\n";
+        for (std::size_t i = 0; i < e.fields.size(); ++i) std::cout << fmt::format("  {} = {}\n", e.fields[i], e.codes[i]);
+        for (std::size_t a = 0; a < e.continuations.size(); ++a)
+          std::cout << fmt::format("  {}: {}…{}\n", f.fit.profiles.attributes[a].name, f.fit.profiles.attributes[a].probe,
+                                   e.continuations[a]);
+        std::cout << "  history: " << describe(e.own) << "\n";
+        return;
+      }
+      for (const auto& e : profile::explain_codes(in, f.fit.profiles, history, *o)) {
+        if (*as_json) {
+          std::cout << e.to_json().dump() << "\n";
+          continue;
+        }
+        std::cout << fmt::format("{} level {} code {}: {}\n    probe: {} → \"{}\"\n", e.attribute, e.level + 1, e.code,
+                                 describe(e.members), e.probe, e.continuation);
+      }
+    });
+  }
+}
+
+}  // namespace userip::cli
