@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults, from a fresh Debian 12 machine: installs and builds
 # what is missing, exports MovieLens ml-latest-small from Debian's r-cran-dslabs into the
-# project's dataset format with the default split, prints its statistics, and pretrains the
-# default LM on the training split (or reuses it, or uses the checkpoint given with --model).
-# Later stages (profile fit, feature bank, CTR experiment, report) join this script as they
+# project's dataset format with the default split, prints its statistics, pretrains the
+# default LM on the training split (or reuses it, or uses the checkpoint given with --model),
+# fits every training user's profile with the shipped MovieLens template, publishes the codes
+# as a SQLite feature bank, folds in the cold users and explains the codes. The dataset, the LM
+# and the profile fit reuse their outputs when inputs and options are unchanged. The CTR experiment and the report join this script as they
 # land. Outputs go to runs/movielens/ (override with USERIP_RUN_DIR).
 #
 #   scripts/run_pipeline.sh [--threads N] [--seed S] [--model HF_DIR_OR_GGUF]
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift ;;
     --seed) seed="$2"; shift ;;
     --model) model="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_pipeline.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -48,6 +50,18 @@ if [ -z "$model" ]; then
 fi
 echo "== language model"
 "${userip[@]}" lm info --model "$model"
+
+echo "== profiles: EM over the frozen LM, codebooks, feature bank (reused when nothing changed)"
+"${userip[@]}" profile fit --dataset "$dataset" --model "$model" --out "$run_dir/profiles" \
+  --bank "$run_dir/bank.sqlite" --seed "$seed"
+"${userip[@]}" bank info "$run_dir/bank.sqlite"
+
+echo "== cold users: fold-in (E-steps only, LM and codebooks frozen)"
+"${userip[@]}" profile infer --profile "$run_dir/profiles" --out "$run_dir/profiles-cold" \
+  --bank "$run_dir/bank-cold.sqlite"
+
+echo "== what the codes mean"
+"${userip[@]}" profile explain --profile "$run_dir/profiles" | tee "$run_dir/profiles/explanations.txt"
 
 echo
 echo "outputs in $run_dir"

@@ -24,6 +24,7 @@
 #include "userip/lm/pretrain.h"
 #include "userip/profile/clustering.h"
 #include "userip/profile/explain.h"
+#include "userip/profile/recovery.h"
 #include "userip/text/corpus.h"
 #include "userip/util/fs.h"
 
@@ -255,6 +256,27 @@ TEST_F(ProfileFit, ExplanationsCoverEveryCodeAndItsMembers) {
   EXPECT_EQ(user.fields, (std::vector<std::string>{"taste", "background"}));
   EXPECT_EQ(user.continuations.size(), 2u);
   testing::expect_error([&] { explain_user(g_world->inputs(), fit.profiles, train, "nobody", eo); }, {"nobody"});
+}
+
+TEST_F(ProfileFit, RecoveryReportsNmiOfCodesAndOfTheControl) {
+  // Codes that are the latent classes themselves: NMI 1 with their own class.
+  Profiles p;
+  auto train = g_world->dataset.training_view();
+  p.users = train.users();
+  p.attributes = g_world->tmpl->attributes();
+  auto codes = torch::zeros({static_cast<std::int64_t>(p.users.size()), 2, 1}, torch::kLong);
+  for (std::size_t i = 0; i < p.users.size(); ++i) {
+    codes[static_cast<std::int64_t>(i)][0][0] = g_world->truth.taste[p.users[i]];
+    codes[static_cast<std::int64_t>(i)][1][0] = g_world->truth.background[p.users[i]];
+  }
+  p.codes = codes;
+  auto r = ground_truth_recovery(p, g_world->truth, train, "categories", 1);
+  EXPECT_DOUBLE_EQ(r.taste_nmi[0], 1.0);
+  EXPECT_DOUBLE_EQ(r.background_nmi[1], 1.0);
+  EXPECT_LT(r.taste_nmi[1], 0.5);
+  // The control sees the categories users chose: far above chance for taste in this world.
+  EXPECT_GT(r.control_taste_nmi, 0.5);
+  EXPECT_EQ(r.to_json()["codes"]["taste"]["taste_nmi"], 1.0);
 }
 
 TEST_F(ProfileFit, BadOptionsAreRejected) {

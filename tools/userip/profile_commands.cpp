@@ -11,6 +11,8 @@
 #include "userip/lm/model_tokenizer.h"
 #include "userip/profile/explain.h"
 #include "userip/profile/fit.h"
+#include "userip/profile/recovery.h"
+#include "userip/data/synth.h"
 #include "userip/store/feature_bank.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -289,6 +291,41 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
         write_file_atomic(*out / "evaluation.json", comparison.to_json().dump(2));
       }
       if (!bank->empty() && profiles.has_codes()) write_bank_of(profiles, record, *bank);
+    });
+  }
+
+  {  // profile recovery
+    auto* cmd = profile_app->add_subcommand(
+        "recovery", "Synthetic datasets: NMI of each attribute's codes with the ground-truth taste and background "
+                    "classes, beside the no-LM control (k-means of the users' category histograms)");
+    auto dir = std::make_shared<std::filesystem::path>();
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto model = std::make_shared<ModelOptions>();
+    auto field = std::make_shared<std::string>("categories");
+    auto as_json = std::make_shared<bool>(false);
+    cmd->add_option("--profile", *dir, "Directory of a finished `profile fit`")->required();
+    cmd->add_option("--dataset", *dataset, "Synthetic dataset directory with ground_truth.csv (default: the fit's)");
+    add_model_options(cmd, *model, false);
+    cmd->add_option("--field", *field, "Category field of the control's histograms")->capture_default_str();
+    cmd->add_flag("--json", *as_json, "JSON instead of text");
+    on_run(cmd, [dir, dataset, model, field, as_json] {
+      auto f = load_fit_dir(*dir, *dataset, *model);
+      const std::filesystem::path data_dir =
+          dataset->empty() ? std::filesystem::path(f.fit.record.value("dataset", "")) : *dataset;
+      auto truth = data::load_ground_truth(f.dataset, data_dir);
+      auto report = profile::ground_truth_recovery(f.fit.profiles, truth, f.dataset.training_view(), *field,
+                                                   f.fit.options.seed);
+      write_file_atomic(*dir / "recovery.json", report.to_json().dump(2));
+      if (*as_json) {
+        std::cout << report.to_json().dump(2) << "\n";
+        return;
+      }
+      std::cout << fmt::format("{} users; NMI with the latent classes (taste / background):\n", report.users);
+      for (std::size_t a = 0; a < report.attributes.size(); ++a)
+        std::cout << fmt::format("  codes of {:<12} {:.3f} / {:.3f}\n", report.attributes[a], report.taste_nmi[a],
+                                 report.background_nmi[a]);
+      std::cout << fmt::format("  control (k-means of {} histograms, no LM): {:.3f} / {:.3f}\n", *field,
+                               report.control_taste_nmi, report.control_background_nmi);
     });
   }
 
