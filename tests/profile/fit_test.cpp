@@ -279,6 +279,57 @@ TEST_F(ProfileFit, RecoveryReportsNmiOfCodesAndOfTheControl) {
   EXPECT_EQ(r.to_json()["codes"]["taste"]["taste_nmi"], 1.0);
 }
 
+TEST_F(ProfileFit, CommandLineFitInferExplainAndBank) {
+  TempDir dir;
+  const auto data_dir = dir / "data", out = dir / "fit", cold = dir / "cold";
+  data::save_synthetic({g_world->dataset, g_world->truth}, data_dir);
+  const std::string common = " --dataset " + data_dir.string() + " --model " + (g_world->dir / "lm").string();
+  std::string output;
+  ASSERT_EQ(testing::run_cli("profile fit" + common + " --out " + out.string() +
+                                 " --codes 4 --attribute-codes background=3 --rounds 2 --samples-per-user 1"
+                                 " --population-steps 2 --eval-users 10",
+                             &output),
+            0)
+      << output;
+  EXPECT_NE(output.find("validation NLL per token"), std::string::npos) << output;
+  EXPECT_NE(output.find("feature bank"), std::string::npos) << output;
+  ASSERT_TRUE(fs::exists(out / "bank.sqlite"));
+  // The bank holds what codes.csv says.
+  std::ifstream csv(out / "codes.csv");
+  std::string header, first;
+  std::getline(csv, header);
+  std::getline(csv, first);
+  const std::string user = first.substr(0, first.find(','));
+  ASSERT_EQ(testing::run_cli("bank get " + (out / "bank.sqlite").string() + " " + user, &output), 0) << output;
+  const auto codes = nlohmann::json::parse(output)["codes"];
+  EXPECT_EQ(fmt::format("{},{},{}", user, codes["taste"].get<int>(), codes["background"].get<int>()), first);
+
+  ASSERT_EQ(testing::run_cli("profile infer --profile " + out.string() + " --out " + cold.string() + " --rounds 1", &output),
+            0)
+      << output;
+  EXPECT_TRUE(fs::exists(cold / "codes.csv"));
+  ASSERT_EQ(testing::run_cli("profile explain --profile " + out.string() + " --json --max-new-tokens 3", &output), 0)
+      << output;
+  EXPECT_NE(output.find("\"attribute\":\"background\""), std::string::npos) << output;
+  ASSERT_EQ(testing::run_cli("profile explain --profile " + out.string() + " --user " + user, &output), 0) << output;
+  EXPECT_NE(output.find("user " + user), std::string::npos) << output;
+  ASSERT_EQ(testing::run_cli("profile recovery --profile " + out.string(), &output), 0) << output;
+  EXPECT_NE(output.find("control"), std::string::npos) << output;
+
+  // Bad input: a clear error and a non-zero exit.
+  EXPECT_EQ(testing::run_cli("profile fit" + common + " --out " + (dir / "x").string() + " --mode sideways", &output), 1);
+  EXPECT_NE(output.find("unknown EM mode 'sideways'"), std::string::npos) << output;
+  const auto bad = dir.write("bad.json", "{\"attributes\": [{\"name\": \"taste\", \"evidence\": \"Likes {nope}\"}],\n"
+                                          " \"behaviour\": \"Chose {title}.\"}");
+  EXPECT_EQ(testing::run_cli("profile fit" + common + " --out " + (dir / "y").string() + " --template " + bad.string(),
+                             &output),
+            1);
+  EXPECT_NE(output.find("bad.json"), std::string::npos) << output;
+  EXPECT_NE(output.find("nope"), std::string::npos) << output;
+  EXPECT_EQ(testing::run_cli("profile explain --profile " + out.string() + " --user nobody", &output), 1);
+  EXPECT_NE(output.find("'nobody'"), std::string::npos) << output;
+}
+
 TEST_F(ProfileFit, BadOptionsAreRejected) {
   TempDir dir;
   auto o = small_options();
