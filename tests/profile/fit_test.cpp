@@ -11,6 +11,10 @@
 #include <gtest/gtest.h>
 #include <spdlog/spdlog.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -37,6 +41,7 @@ using userip::testing::TempDir;
 // One world and one LM for the whole suite: pretraining is the expensive part.
 struct World {
   fs::path dir;
+  fs::path lm_dir;
   data::Dataset dataset;
   data::SynthGroundTruth truth;
   std::unique_ptr<lm::CausalLM> model;
@@ -96,9 +101,18 @@ class ProfileFit : public ::testing::Test {
     po.checkpoint_every = 60;
     po.show_progress = false;
     po.seed = 3;
-    lm::pretrain_lm(corpus, po, w->dir / "lm");
-    w->model = std::make_unique<lm::CausalLM>(lm::load_model(w->dir / "lm"));
-    w->tokenizer = lm::load_model_tokenizer(w->dir / "lm");
+    // ctest runs every test in its own process: the tiny LM is trained once into a shared folder
+    // and reused by the others (pretrain_lm reuses a finished model of the same corpus and options;
+    // the lock keeps two parallel test processes from training into it at once).
+    w->lm_dir = fs::temp_directory_path() / "userip-test-profile-fit-lm";
+    {
+      const int lock = ::open((fs::temp_directory_path() / "userip-test-profile-fit-lm.lock").c_str(), O_CREAT | O_RDWR, 0644);
+      if (lock >= 0) ::flock(lock, LOCK_EX);
+      lm::pretrain_lm(corpus, po, w->lm_dir);
+      if (lock >= 0) ::close(lock);
+    }
+    w->model = std::make_unique<lm::CausalLM>(lm::load_model(w->lm_dir));
+    w->tokenizer = lm::load_model_tokenizer(w->lm_dir);
     w->tmpl = std::make_unique<ProfileTemplate>(
         ProfileTemplate::load(fs::path(USERIP_SOURCE_DIR) / "templates" / "synthetic.json", w->dataset));
     g_world = w.release();
@@ -283,7 +297,7 @@ TEST_F(ProfileFit, CommandLineFitInferExplainAndBank) {
   TempDir dir;
   const auto data_dir = dir / "data", out = dir / "fit", cold = dir / "cold";
   data::save_synthetic({g_world->dataset, g_world->truth}, data_dir);
-  const std::string common = " --dataset " + data_dir.string() + " --model " + (g_world->dir / "lm").string();
+  const std::string common = " --dataset " + data_dir.string() + " --model " + g_world->lm_dir.string();
   std::string output;
   ASSERT_EQ(testing::run_cli("profile fit" + common + " --out " + out.string() +
                                  " --codes 4 --attribute-codes background=3 --rounds 2 --samples-per-user 1"
