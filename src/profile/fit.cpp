@@ -11,10 +11,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <fstream>
 #include <numeric>
-#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -533,10 +531,20 @@ void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z
   }
 }
 
-std::string fit_fingerprint(const FitInputs& in, const FitOptions& o) {
+// A detached copy of a codebook on `device` (plain tensors, no optimiser or autograd history).
+ResidualCodebook codebook_on(const ResidualCodebook& codebook, torch::Device device) {
+  std::vector<std::pair<std::string, torch::Tensor>> saved;
+  codebook.save(saved, "c");
+  std::map<std::string, torch::Tensor> named;
+  for (auto& [name, tensor] : saved) named[name] = tensor.to(device);
+  return ResidualCodebook::from_tensors(named, "c");
+}
+
+// `model_fingerprint` is passed in: hashing every weight is costly for a real checkpoint.
+std::string fit_fingerprint(const FitInputs& in, const FitOptions& o, const std::string& model_fingerprint) {
   nlohmann::json j = {{"options", o.to_json()},
                       {"template", in.profile_template->to_json()},
-                      {"model", in.model->fingerprint()},
+                      {"model", model_fingerprint},
                       {"dataset", dataset_fingerprint(*in.dataset)}};
   return hex64(fnv1a64(j.dump()));
 }
@@ -631,10 +639,9 @@ SavedFit load_fit(const fs::path& dir, const data::Dataset& dataset, const Profi
     for (const auto& spec : p.attributes) {
       p.codebooks.push_back(ResidualCodebook::from_source(*source, "codebook." + spec.name));
     }
-    Profiles& q = p;
     std::vector<torch::Tensor> codes;
-    for (std::size_t a = 0; a < q.codebooks.size(); ++a) codes.push_back(q.codebooks[a].assign(q.attribute_vectors(a)));
-    q.codes = torch::stack(codes, 1);
+    for (std::size_t a = 0; a < p.codebooks.size(); ++a) codes.push_back(p.codebooks[a].assign(p.attribute_vectors(a)));
+    p.codes = torch::stack(codes, 1);
   }
   return saved;
 }
@@ -671,8 +678,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   in.model->assert_frozen();
   ScopedSingleThreadedAten thread_policy(o.device.is_cpu());
   const auto& attributes = in.profile_template->attributes();
-  const std::string fingerprint = fit_fingerprint(in, o);
   const std::string model_fingerprint = in.model->fingerprint();
+  const std::string fingerprint = fit_fingerprint(in, o, model_fingerprint);
   fs::create_directories(out);
 
   nlohmann::json record = {{"fingerprint", fingerprint},
@@ -990,13 +997,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   if (o.ablation == ProfileAblation::mean) z = z.mean(0, true).expand({U, P, d}).contiguous();
   profiles.vectors = z.detach().cpu();
   if (uses_codebooks(o)) {
-    for (auto& c : codebooks) {
-      std::map<std::string, torch::Tensor> cpu;
-      std::vector<std::pair<std::string, torch::Tensor>> named;
-      c.save(named, "c");
-      for (auto& [k, v] : named) cpu[k] = v;
-      profiles.codebooks.push_back(ResidualCodebook::from_tensors(cpu, "c"));
-    }
+    for (const auto& c : codebooks) profiles.codebooks.push_back(codebook_on(c, torch::kCPU));
     profiles.codes = assign_all(engine, profiles.vectors, profiles.codebooks);
   }
   result.evaluation = evaluate_profiles(in, profiles, o, train, valid);
@@ -1069,13 +1070,7 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   RowAdam adam;
   adam.reset(z);
   std::vector<ResidualCodebook> codebooks;
-  for (const auto& c : fitted.codebooks) {
-    std::map<std::string, torch::Tensor> named;
-    std::vector<std::pair<std::string, torch::Tensor>> list;
-    c.save(list, "c");
-    for (auto& [k, v] : list) named[k] = v.to(o.device);
-    codebooks.push_back(ResidualCodebook::from_tensors(named, "c"));
-  }
+  for (const auto& c : fitted.codebooks) codebooks.push_back(codebook_on(c, o.device));
   const double lambda = o.mode == EmMode::joint ? 0.0 : lambda_for_round(o_fit, o_fit.rounds - 1);
   ProgressBar progress("profile infer", static_cast<std::uint64_t>(o.rounds) * static_cast<std::uint64_t>(U), "users");
   if (!options.show_progress) progress.disable();

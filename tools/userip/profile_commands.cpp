@@ -179,8 +179,8 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();
-    cmd->add_option("--max-tokens", o.samples.max_tokens, "Tokens per sample (prompt + behaviour)")->capture_default_str();
-    cmd->add_option("--samples-per-user", o.samples.samples_per_user, "Samples per user and round")->capture_default_str();
+    cmd->add_option("--max-tokens", o.samples.max_tokens, "Tokens per sample (prompt + behaviour), at most the LM's context")->capture_default_str();
+    cmd->add_option("--samples-per-user", o.samples.samples_per_user, "Packed history samples drawn per user and round (joint mode: history windows)")->capture_default_str();
     cmd->add_option("--batch-tokens", o.max_batch_tokens, "Tokens per batch, padding included")->capture_default_str();
     cmd->add_option("--eval-users", o.max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
         ->capture_default_str();
