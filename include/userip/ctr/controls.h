@@ -1,0 +1,26 @@
+#pragma once
+// Control profiles that use no language model, for the experiment's comparison (METHOD.md §3):
+// does the LM add anything over clustering what the user did? Both give every warm user (from the
+// training split) and every cold user (from cold_history) one code, as a feature-bank-like table.
+#include <cstdint>
+#include <string>
+
+#include "userip/ctr/features.h"
+#include "userip/data/dataset.h"
+
+namespace userip::ctr {
+
+// k-means codes of each user's normalised histogram of an item category field (genres). Centroids
+// are fitted on the warm users; cold users take the nearest centroid of their cold_history.
+// `field` empty = the dataset's first category_list or category field.
+UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
+                                      std::uint64_t seed);
+
+// k-means codes of collaborative user embeddings: a rank-`dim` truncated SVD of the training
+// user-item matrix (1 for each interaction, rows scaled to unit length) gives item factors; a user's
+// embedding is the normalised mean of the factors of the items in their history, so warm and cold
+// users are embedded the same way (fold-in). Centroids from the warm users.
+UserCodeTable collaborative_control_codes(const data::Dataset& dataset, std::int64_t dim, std::int64_t codes,
+                                          std::uint64_t seed);
+
+}  // namespace userip::ctr

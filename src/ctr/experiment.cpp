@@ -1,0 +1,384 @@
+#include "userip/ctr/experiment.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <set>
+
+#include "ctr/json_fields.h"
+#include "userip/ctr/controls.h"
+#include "userip/ctr/metrics.h"
+#include "userip/util/error.h"
+#include "userip/util/fs.h"
+#include "userip/util/log.h"
+#include "userip/util/strings.h"
+
+namespace userip::ctr {
+
+using nlohmann::json;
+
+namespace {
+const char* const kVariantNames[] = {"base", "codes", "dense", "control-genres", "control-cf"};
+const char* const kGroups[] = {"all", "sparse", "cold"};
+const char* const kMetrics[] = {"auc", "log_loss", "gauc"};
+
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+}  // namespace
+
+std::string to_string(Variant variant) { return kVariantNames[static_cast<int>(variant)]; }
+
+Variant variant_from_string(std::string_view name) {
+  for (int i = 0; i < 5; ++i) {
+    if (name == kVariantNames[i]) return static_cast<Variant>(i);
+  }
+  fail("unknown variant '{}' (expected base, codes, dense, control-genres or control-cf)", name);
+}
+
+void CompareConfig::validate() const {
+  USERIP_CHECK(seeds >= 1 && seeds <= 1000, "compare: seeds must be in [1, 1000], got {}", seeds);
+  USERIP_CHECK(!variants.empty(), "compare: no variants");
+  std::set<Variant> seen;
+  for (auto v : variants) USERIP_CHECK(seen.insert(v).second, "compare: variant '{}' is listed twice", to_string(v));
+  USERIP_CHECK(control_codes >= 2, "compare: control_codes must be at least 2, got {}", control_codes);
+  USERIP_CHECK(cf_dim >= 1, "compare: cf_dim must be at least 1, got {}", cf_dim);
+  USERIP_CHECK(sparse_quantile > 0 && sparse_quantile < 1, "compare: sparse_quantile must be in (0, 1), got {}",
+               sparse_quantile);
+}
+
+json CompareConfig::to_json() const {
+  std::vector<std::string> names;
+  for (auto v : variants) names.push_back(to_string(v));
+  return {{"experiments", experiments},     {"seeds", seeds},   {"seed_base", seed_base},
+          {"variants", names},              {"control_codes", control_codes}, {"control_field", control_field},
+          {"cf_dim", cf_dim},               {"sparse_quantile", sparse_quantile}};
+}
+
+CompareConfig CompareConfig::from_json(const json& j, const CompareConfig& defaults) {
+  CompareConfig c = defaults;
+  JsonFields fields(j, "compare");
+  fields.read("experiments", c.experiments);
+  fields.read("seeds", c.seeds);
+  fields.read("seed_base", c.seed_base);
+  std::vector<std::string> names;
+  if (fields.read("variants", names)) {
+    c.variants.clear();
+    for (const auto& n : names) c.variants.push_back(variant_from_string(n));
+  }
+  fields.read("control_codes", c.control_codes);
+  fields.read("control_field", c.control_field);
+  fields.read("cf_dim", c.cf_dim);
+  fields.read("sparse_quantile", c.sparse_quantile);
+  fields.finish();
+  c.validate();
+  return c;
+}
+
+namespace {
+
+// Which test rows belong to each user group.
+struct Groups {
+  std::vector<char> sparse_user;  // per dense user id
+  std::int64_t max_history = 0;   // sparse users have at most this many training interactions
+  json description;
+};
+
+Groups user_groups(const data::Dataset& dataset, const SplitExamples& examples, double quantile) {
+  Groups g;
+  const data::SplitView train = dataset.training_view();
+  std::vector<std::int64_t> lengths;
+  for (std::uint32_t u : train.users()) lengths.push_back(static_cast<std::int64_t>(train.user_count(u)));
+  USERIP_CHECK(!lengths.empty(), "the training split is empty");
+  std::sort(lengths.begin(), lengths.end());
+  g.max_history = lengths[static_cast<std::size_t>(quantile * static_cast<double>(lengths.size() - 1))];
+  g.sparse_user.assign(dataset.num_users(), 0);
+  std::int64_t sparse_users = 0;
+  for (std::uint32_t u : train.users()) {
+    if (static_cast<std::int64_t>(train.user_count(u)) <= g.max_history) g.sparse_user[u] = 1, ++sparse_users;
+  }
+  std::int64_t sparse_examples = 0;
+  std::set<std::uint32_t> test_users, cold_users;
+  for (auto u : examples.test.user) sparse_examples += g.sparse_user[u], test_users.insert(u);
+  for (auto u : examples.cold_test.user) cold_users.insert(u);
+  g.description = {{"all", {{"users", test_users.size()}, {"examples", examples.test.size()}}},
+                   {"sparse", {{"users", sparse_users}, {"examples", sparse_examples}, {"max_history", g.max_history}}},
+                   {"cold", {{"users", cold_users.size()}, {"examples", examples.cold_test.size()}}}};
+  return g;
+}
+
+// Metrics of the examples selected by `keep` (all when empty).
+json group_metrics(const std::vector<float>& scores, const Examples& examples, const std::vector<char>& keep_user) {
+  std::vector<float> s, labels;
+  std::vector<std::int64_t> users;
+  const float* label = examples.label.data_ptr<float>();
+  for (std::int64_t i = 0; i < examples.size(); ++i) {
+    const auto u = examples.user[static_cast<std::size_t>(i)];
+    if (!keep_user.empty() && !keep_user[u]) continue;
+    s.push_back(scores[static_cast<std::size_t>(i)]);
+    labels.push_back(label[i]);
+    users.push_back(u);
+  }
+  std::int64_t positives = 0;
+  for (float l : labels) positives += l > 0.5f;
+  const double nan = std::nan("");
+  const bool both = positives > 0 && positives < static_cast<std::int64_t>(labels.size());
+  return {{"auc", number_or_null(both ? auc(s, labels) : nan)},
+          {"log_loss", number_or_null(labels.empty() ? nan : log_loss(s, labels))},
+          {"gauc", number_or_null(labels.empty() ? nan : grouped_auc(s, labels, users).value)},
+          {"examples", labels.size()},
+          {"positives", positives}};
+}
+
+std::string run_key(const std::string& experiment, Variant variant, std::uint64_t seed) {
+  return fmt::format("{}/{}/{}", experiment, to_string(variant), seed);
+}
+
+std::string utc_now() {
+  std::time_t now = std::time(nullptr);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return text;
+}
+
+json summarize(const json& runs, const std::vector<std::string>& experiments, const std::vector<Variant>& variants) {
+  json summary = json::array();
+  for (const auto& experiment : experiments) {
+    // metric values per (variant, group, metric), keyed by seed so the pairing with base is exact.
+    std::map<std::string, std::map<std::uint64_t, double>> values;
+    for (const auto& run : runs) {
+      if (run["experiment"] != experiment) continue;
+      for (const char* group : kGroups) {
+        for (const char* metric : kMetrics) {
+          const json& v = run["groups"][group][metric];
+          if (v.is_number()) {
+            values[run["variant"].get<std::string>() + "|" + group + "|" + metric][run["seed"].get<std::uint64_t>()] =
+                v.get<double>();
+          }
+        }
+      }
+    }
+    for (auto variant : variants) {
+      for (const char* group : kGroups) {
+        for (const char* metric : kMetrics) {
+          const auto& mine = values[to_string(variant) + "|" + group + "|" + metric];
+          const auto& base = values[std::string("base|") + group + "|" + metric];
+          std::vector<double> v;
+          for (const auto& [seed, value] : mine) v.push_back(value);
+          const MeanStd ms = mean_std(v);
+          json row = {{"experiment", experiment}, {"variant", to_string(variant)}, {"group", group},
+                      {"metric", metric},         {"mean", number_or_null(ms.mean)}, {"std", number_or_null(ms.std)},
+                      {"n", ms.n},                {"diff_mean", nullptr},           {"diff_std", nullptr},
+                      {"t", nullptr},             {"p_value", nullptr}};
+          if (variant != Variant::base) {
+            std::vector<double> a, b;
+            for (const auto& [seed, value] : mine) {
+              auto it = base.find(seed);
+              if (it != base.end()) a.push_back(value), b.push_back(it->second);
+            }
+            if (a.size() >= 2) {
+              const PairedTest t = paired_t_test(a, b);
+              row["diff_mean"] = number_or_null(t.mean_difference);
+              row["diff_std"] = number_or_null(t.std_difference);
+              row["t"] = number_or_null(t.t);
+              row["p_value"] = number_or_null(t.p_value);
+            } else if (a.size() == 1) {
+              row["diff_mean"] = number_or_null(a[0] - b[0]);
+            }
+          }
+          summary.push_back(std::move(row));
+        }
+      }
+    }
+  }
+  return summary;
+}
+
+}  // namespace
+
+json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare, const std::filesystem::path& out,
+                    const ExperimentOptions& options) {
+  compare.validate();
+  USERIP_CHECK(inputs.dataset != nullptr, "experiment: no dataset");
+  const data::Dataset& dataset = *inputs.dataset;
+  USERIP_CHECK(dataset.has_split(), "experiment: the dataset has no split");
+  std::vector<std::string> experiments = compare.experiments;
+  if (experiments.empty()) experiments = experiment_names(inputs.config);
+  if (experiments.empty()) experiments = {""};  // the base section alone
+  std::map<std::string, CtrSettings> settings;
+  for (const auto& e : experiments) settings[e] = settings_for(inputs.config, e, inputs.config_path);
+  for (auto v : compare.variants) {
+    USERIP_CHECK(v != Variant::codes || inputs.userip.codes,
+                 "experiment: variant 'codes' needs the UserIP feature bank (--bank), or leave it out of the variants");
+    USERIP_CHECK(v != Variant::dense || inputs.userip.vectors,
+                 "experiment: variant 'dense' needs the UserIP profile vectors (--profiles), or leave it out of the "
+                 "variants");
+  }
+  std::filesystem::create_directories(out);
+
+  // The controls are computed once: they depend on the data and the seed base, not on the CTR model.
+  std::map<Variant, ProfileTables> tables;
+  for (auto v : compare.variants) {
+    ProfileTables t;
+    if (v == Variant::codes) t.codes = inputs.userip.codes;
+    if (v == Variant::dense) t.vectors = inputs.userip.vectors;
+    if (v == Variant::control_genres) {
+      t.codes = histogram_control_codes(dataset, compare.control_field, compare.control_codes, compare.seed_base);
+    }
+    if (v == Variant::control_cf) {
+      t.codes = collaborative_control_codes(dataset, compare.cf_dim, compare.control_codes, compare.seed_base);
+    }
+    tables[v] = std::move(t);
+  }
+
+  // Runs already in runs.jsonl with the same inputs are kept: an interrupted or extended experiment
+  // only runs what is missing.
+  const auto runs_path = out / "runs.jsonl";
+  std::map<std::string, json> done;
+  if (options.resume && std::filesystem::exists(runs_path)) {
+    std::ifstream in(runs_path);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      try {
+        json run = json::parse(line);
+        done[run.at("key").get<std::string>() + "#" + run.at("fingerprint").get<std::string>()] = run;
+      } catch (const json::exception&) {
+        spdlog::warn("{}: ignoring a damaged line (an interrupted write)", runs_path.string());
+      }
+    }
+  }
+  std::string kept;
+  for (const auto& [key, run] : done) kept += run.dump() + "\n";
+  write_file_atomic(runs_path, kept);
+  std::ofstream append(runs_path, std::ios::app);
+
+  const std::string dataset_fingerprint = fingerprint_file(std::filesystem::path(inputs.dataset_path) / "manifest.json") +
+                                          fingerprint_file(std::filesystem::path(inputs.dataset_path) / "split.json");
+  json runs = json::array();
+  json groups_description;
+  const std::size_t total = experiments.size() * compare.variants.size() * static_cast<std::size_t>(compare.seeds);
+  std::size_t index = 0;
+  for (const auto& experiment : experiments) {
+    for (auto variant : compare.variants) {
+      for (int s = 0; s < compare.seeds; ++s) {
+        ++index;
+        const std::uint64_t seed = compare.seed_base + static_cast<std::uint64_t>(s);
+        CtrSettings run_settings = settings[experiment];
+        run_settings.train.seed = seed;
+        run_settings.features.profile = variant == Variant::base    ? ProfileInput::none
+                                        : variant == Variant::dense ? ProfileInput::dense
+                                                                    : ProfileInput::codes;
+        const std::string key = run_key(experiment, variant, seed);
+        const std::string fingerprint = hex64(fnv1a64(
+            run_settings.to_json().dump() + dataset_fingerprint + compare.to_json().dump() +
+            (variant == Variant::codes || variant == Variant::dense ? inputs.userip_fingerprint : std::string())));
+        auto cached = done.find(key + "#" + fingerprint);
+        if (cached != done.end()) {
+          spdlog::info("[{}/{}] {}: unchanged, reusing the earlier run", index, total, key);
+          runs.push_back(cached->second);
+          continue;
+        }
+        spdlog::info("[{}/{}] {}: training", index, total, key);
+        TrainOptions train_options = options.train;
+        TrainedModel t = train_on_dataset(dataset, run_settings, tables[variant], train_options);
+        const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
+        if (groups_description.is_null()) groups_description = groups.description;
+        json epochs = json::array();
+        for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
+        json run = {{"key", key},
+                    {"fingerprint", fingerprint},
+                    {"experiment", experiment.empty() ? "base" : experiment},
+                    {"model", to_string(run_settings.model.kind)},
+                    {"variant", to_string(variant)},
+                    {"seed", seed},
+                    {"groups",
+                     {{"all", group_metrics(t.test_scores, t.examples.test, {})},
+                      {"sparse", group_metrics(t.test_scores, t.examples.test, groups.sparse_user)},
+                      {"cold", group_metrics(t.cold_test_scores, t.examples.cold_test, {})}}},
+                    {"best_epoch", t.result.best_epoch},
+                    {"epochs", epochs},
+                    {"samples_per_second", t.result.samples_per_second},
+                    {"seconds", t.result.seconds}};
+        spdlog::info("[{}/{}] {}: test AUC {:.4f}, cold AUC {:.4f}", index, total, key,
+                     run["groups"]["all"]["auc"].is_number() ? run["groups"]["all"]["auc"].get<double>() : NAN,
+                     run["groups"]["cold"]["auc"].is_number() ? run["groups"]["cold"]["auc"].get<double>() : NAN);
+        append << run.dump() << "\n";
+        append.flush();
+        runs.push_back(std::move(run));
+      }
+    }
+  }
+  if (groups_description.is_null()) {
+    // Every run came from runs.jsonl: describe the groups from one encoding of the data.
+    const FeatureEncoder encoder = FeatureEncoder::fit(dataset, dataset.training_view(), FeatureConfig{});
+    groups_description = user_groups(dataset, encode_splits(encoder, dataset, {}), compare.sparse_quantile).description;
+  }
+
+  std::vector<std::string> names;
+  for (const auto& e : experiments) names.push_back(e.empty() ? "base" : e);
+  std::vector<std::string> variant_names;
+  for (auto v : compare.variants) variant_names.push_back(to_string(v));
+  std::vector<std::uint64_t> seeds;
+  for (int s = 0; s < compare.seeds; ++s) seeds.push_back(compare.seed_base + static_cast<std::uint64_t>(s));
+  json result = {{"format", "userip-experiment"},
+                 {"version", 1},
+                 {"created_at", utc_now()},
+                 {"dataset", inputs.dataset_path},
+                 {"config", inputs.config_path},
+                 {"compare", compare.to_json()},
+                 {"seeds", seeds},
+                 {"experiments", names},
+                 {"variants", variant_names},
+                 {"groups", groups_description},
+                 {"runs", runs},
+                 {"summary", summarize(runs, names, compare.variants)}};
+  write_file_atomic(out / "experiment.json", result.dump(1) + "\n");
+  write_file_atomic(out / "results.md", results_table(result));
+  return result;
+}
+
+std::string results_table(const json& experiment) {
+  auto cell = [](const json& row) {
+    if (!row["mean"].is_number()) return std::string("n/a");
+    return fmt::format("{:.4f} ± {:.4f}", row["mean"].get<double>(), row["std"].is_number() ? row["std"].get<double>() : 0.0);
+  };
+  auto diff = [](const json& row) {
+    if (!row["diff_mean"].is_number()) return std::string("");
+    std::string text = fmt::format("{:+.4f}", row["diff_mean"].get<double>());
+    if (row["p_value"].is_number()) text += fmt::format(" (p={:.3f})", row["p_value"].get<double>());
+    return text;
+  };
+  std::string text;
+  const json& groups = experiment["groups"];
+  text += fmt::format("Seeds: {}. Test examples: all {} ({} users), sparse {} ({} users, at most {} training "
+                      "interactions), cold {} ({} users).\n\n",
+                      experiment["seeds"].size(), groups["all"]["examples"].dump(), groups["all"]["users"].dump(),
+                      groups["sparse"]["examples"].dump(), groups["sparse"]["users"].dump(),
+                      groups["sparse"]["max_history"].dump(), groups["cold"]["examples"].dump(),
+                      groups["cold"]["users"].dump());
+  for (const char* metric : {"auc", "log_loss"}) {
+    text += fmt::format("{} (mean ± std over seeds; paired difference to base, t-test p-value)\n\n",
+                        std::string(metric) == "auc" ? "AUC" : "LogLoss");
+    text += "| model | variant | all | Δ all | sparse | Δ sparse | cold | Δ cold |\n";
+    text += "|---|---|---|---|---|---|---|---|\n";
+    for (const auto& e : experiment["experiments"]) {
+      for (const auto& v : experiment["variants"]) {
+        std::string line = fmt::format("| {} | {} |", e.get<std::string>(), v.get<std::string>());
+        for (const char* group : kGroups) {
+          for (const auto& row : experiment["summary"]) {
+            if (row["experiment"] == e && row["variant"] == v && row["group"] == group && row["metric"] == metric) {
+              line += fmt::format(" {} | {} |", cell(row), diff(row));
+            }
+          }
+        }
+        text += line + "\n";
+      }
+    }
+    text += "\n";
+  }
+  return text;
+}
+
+}  // namespace userip::ctr

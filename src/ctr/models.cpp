@@ -1,0 +1,384 @@
+#include "userip/ctr/models.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/nn/init.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+
+#include <cmath>
+#include <limits>
+
+#include "userip/util/error.h"
+
+namespace userip::ctr {
+namespace {
+
+using nlohmann::json;
+
+// Embedding rows start small so that the first logits sit near the bias and the FM pairwise
+// products (of order k · std^2) are negligible until training moves them: the usual CTR choice.
+constexpr double kEmbeddingInitStd = 0.01;
+
+constexpr const char* kModelNames[] = {"lr", "fm", "deepfm", "dcn", "dcnv2"};
+
+bool uses_cross(ModelKind kind) { return kind == ModelKind::dcn || kind == ModelKind::dcnv2; }
+
+// ---- configuration -------------------------------------------------------------------------
+
+std::int64_t config_int(const json& value, const char* key) {
+  USERIP_CHECK(value.is_number_integer(), "model config: \"{}\" must be an integer, got {}", key,
+               value.type_name());
+  return value.get<std::int64_t>();
+}
+
+// ---- shared building blocks ----------------------------------------------------------------
+
+// The hidden layers of a deep part: Linear -> ReLU -> dropout for each size. Registered on the
+// model as "mlp" so that the parameters are "mlp.<i>.weight" and "mlp.<i>.bias", i counting
+// hidden layers (no slots for the parameter-free ReLU and dropout).
+struct Mlp {
+  torch::nn::ModuleList list;
+  std::vector<torch::nn::Linear> layers;
+  std::int64_t output_size = 0;
+
+  Mlp(std::int64_t input_size, const std::vector<std::int64_t>& sizes) {
+    output_size = input_size;
+    for (const auto size : sizes) {
+      layers.emplace_back(torch::nn::LinearOptions(output_size, size));
+      list->push_back(layers.back());
+      output_size = size;
+    }
+  }
+
+  torch::Tensor forward(torch::Tensor x, double dropout, bool training) {
+    for (auto& layer : layers) x = torch::dropout(torch::relu(layer->forward(x)), dropout, training);
+    return x;
+  }
+};
+
+// What every model shares: input checks, the k-dimensional field embedding and the first-order
+// (linear) part. A subclass calls add_embedding() and/or add_first_order() in its constructor, so
+// a model registers only what it uses and every registered parameter receives a gradient.
+//
+// Parameter names (the trainer saves by them, the reference test loads by them):
+//   embedding.weight         [V, k]  one row per global index of every categorical and multi-hot field
+//   dense_projection.weight  [k, D]  the dense input as one more field (only when D > 0)
+//   dense_projection.bias    [k]
+//   linear.weight            [V, 1]  first-order weight of each global index
+//   linear_dense.weight      [1, D]  first-order weights of the dense input (only when D > 0)
+//   bias                     [1]     the global bias
+// Tables are left out when the layout has no categorical or multi-hot field (V = 0).
+class FieldModel : public CtrModel {
+ public:
+  std::vector<torch::Tensor> embedding_parameters() override {
+    std::vector<torch::Tensor> tables;
+    if (embedding_) tables.push_back(embedding_->weight);
+    if (linear_) tables.push_back(linear_->weight);
+    return tables;
+  }
+
+ protected:
+  FieldModel(const ModelConfig& config, const FieldLayout& layout)
+      : config_(config),
+        categorical_fields_(static_cast<std::int64_t>(layout.categorical.size())),
+        multi_fields_(static_cast<std::int64_t>(layout.multi_hot.size())),
+        max_values_(layout.max_values),
+        dense_dim_(layout.dense_dim),
+        vocabulary_(layout.vocabulary_size()),
+        fields_(layout.num_fields()) {}
+
+  std::int64_t flat_size() const { return fields_ * config_.embedding_dim; }
+
+  void add_embedding() {
+    if (vocabulary_ > 0) {
+      embedding_ = register_module(
+          "embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(vocabulary_, config_.embedding_dim)));
+      torch::NoGradGuard no_grad;
+      torch::nn::init::normal_(embedding_->weight, 0.0, kEmbeddingInitStd);
+    }
+    if (dense_dim_ > 0) {
+      dense_projection_ = register_module(
+          "dense_projection", torch::nn::Linear(torch::nn::LinearOptions(dense_dim_, config_.embedding_dim)));
+    }
+  }
+
+  void add_first_order() {
+    if (vocabulary_ > 0) {
+      linear_ = register_module("linear", torch::nn::Embedding(torch::nn::EmbeddingOptions(vocabulary_, 1)));
+      torch::NoGradGuard no_grad;
+      torch::nn::init::normal_(linear_->weight, 0.0, kEmbeddingInitStd);
+    }
+    if (dense_dim_ > 0) {
+      // No bias of its own: the global bias below already is one.
+      linear_dense_ = register_module("linear_dense", torch::nn::Linear(torch::nn::LinearOptions(dense_dim_, 1).bias(false)));
+    }
+    bias_ = register_parameter("bias", torch::zeros({1}));
+  }
+
+  // The batch must match the layout the model was built for; a mismatch is the caller's input
+  // error, reported here in the layout's terms rather than as an opaque shape error deep in torch.
+  void check_batch(const FeatureBatch& batch) const {
+    const auto rows = batch.size();
+    const auto check = [&](const torch::Tensor& t, const char* name, std::vector<std::int64_t> shape,
+                           bool required) {
+      if (!t.defined()) {
+        USERIP_CHECK(!required, "CTR batch: \"{}\" is missing but the layout has such fields", name);
+        return;
+      }
+      USERIP_CHECK(t.sizes() == torch::IntArrayRef(shape), "CTR batch: \"{}\" has shape [{}], the model's layout needs [{}]",
+                   name, fmt::join(t.sizes().begin(), t.sizes().end(), ", "), fmt::join(shape, ", "));
+    };
+    check(batch.categorical, "categorical", {rows, categorical_fields_}, categorical_fields_ > 0);
+    check(batch.multi_index, "multi_index", {rows, multi_fields_, max_values_}, multi_fields_ > 0);
+    check(batch.multi_weight, "multi_weight", {rows, multi_fields_, max_values_}, multi_fields_ > 0);
+    check(batch.dense, "dense", {rows, dense_dim_}, dense_dim_ > 0);
+  }
+
+  // [B, n, k]: categorical fields, then multi-hot fields, then the dense field.
+  torch::Tensor embed(const FeatureBatch& batch) {
+    check_batch(batch);
+    auto parts = lookup_fields(embedding_, batch);
+    if (dense_projection_) parts.push_back(dense_projection_->forward(batch.dense).unsqueeze(1));
+    return parts.size() == 1 ? parts.front() : torch::cat(parts, 1);
+  }
+
+  // [B]: bias + the first-order weight of every present index (mean pooled for multi-hot fields)
+  // + the dense input's linear term.
+  torch::Tensor first_order(const FeatureBatch& batch) {
+    check_batch(batch);
+    auto logit = bias_.expand({batch.size()});
+    for (const auto& part : lookup_fields(linear_, batch)) logit = logit + part.sum({1, 2});
+    if (linear_dense_) logit = logit + linear_dense_->forward(batch.dense).squeeze(1);
+    return logit;
+  }
+
+  ModelConfig config_;
+
+ private:
+  // The rows of `table` for the categorical fields [B, F, w] and the pooled rows of the multi-hot
+  // fields [B, M, w] (sum of rows × multi_weight, so padding with weight 0 adds nothing); an
+  // absent kind of field contributes no part.
+  std::vector<torch::Tensor> lookup_fields(torch::nn::Embedding& table, const FeatureBatch& batch) const {
+    std::vector<torch::Tensor> parts;
+    if (categorical_fields_ > 0) parts.push_back(table->forward(batch.categorical));
+    if (multi_fields_ > 0) {
+      auto values = table->forward(batch.multi_index);  // [B, M, max_values, w]
+      parts.push_back((values * batch.multi_weight.unsqueeze(-1).to(values.dtype())).sum(2));
+    }
+    return parts;
+  }
+
+  std::int64_t categorical_fields_;
+  std::int64_t multi_fields_;
+  std::int64_t max_values_;
+  std::int64_t dense_dim_;
+  std::int64_t vocabulary_;
+  std::int64_t fields_;
+
+  torch::nn::Embedding embedding_{nullptr};
+  torch::nn::Linear dense_projection_{nullptr};
+  torch::nn::Embedding linear_{nullptr};
+  torch::nn::Linear linear_dense_{nullptr};
+  torch::Tensor bias_;
+};
+
+// 0.5 · Σ_k ((Σ_i v_ik)^2 - Σ_i v_ik^2) = Σ_{i<j} <v_i, v_j>, in O(n k) (Rendle 2010). [B, n, k] -> [B]
+torch::Tensor fm_pairwise(const torch::Tensor& v) {
+  const auto square_of_sum = v.sum(1).pow(2);
+  const auto sum_of_squares = v.pow(2).sum(1);
+  return 0.5 * (square_of_sum - sum_of_squares).sum(1);
+}
+
+// Logistic regression: the first-order part alone.
+class LrModel : public FieldModel {
+ public:
+  LrModel(const ModelConfig& config, const FieldLayout& layout) : FieldModel(config, layout) { add_first_order(); }
+  torch::Tensor forward(const FeatureBatch& batch) override { return first_order(batch); }
+};
+
+// Factorization machine: first order + every pairwise field interaction <v_i, v_j>.
+class FmModel : public FieldModel {
+ public:
+  FmModel(const ModelConfig& config, const FieldLayout& layout) : FieldModel(config, layout) {
+    add_embedding();
+    add_first_order();
+  }
+  torch::Tensor forward(const FeatureBatch& batch) override {
+    return first_order(batch) + fm_pairwise(embed(batch));
+  }
+};
+
+// DeepFM (Guo et al. 2017): the FM logit plus an MLP over the same embeddings, flattened.
+// Extra parameters: mlp.<i>.weight/bias, output.weight [1, last hidden] (no bias: the FM part's
+// global bias is the model's one bias).
+class DeepFmModel : public FieldModel {
+ public:
+  DeepFmModel(const ModelConfig& config, const FieldLayout& layout)
+      : FieldModel(config, layout), mlp_(flat_size(), config.mlp) {
+    add_embedding();
+    add_first_order();
+    register_module("mlp", mlp_.list);
+    output_ = register_module("output", torch::nn::Linear(torch::nn::LinearOptions(mlp_.output_size, 1).bias(false)));
+  }
+  torch::Tensor forward(const FeatureBatch& batch) override {
+    const auto v = embed(batch);
+    const auto deep = output_->forward(mlp_.forward(v.flatten(1), config_.dropout, is_training())).squeeze(1);
+    return first_order(batch) + fm_pairwise(v) + deep;
+  }
+
+ private:
+  Mlp mlp_;
+  torch::nn::Linear output_{nullptr};
+};
+
+// One cross layer of DCN (Wang et al. 2017): x_{l+1} = x0 · (x_l · w) + b + x_l, with w and b
+// vectors of the flattened embedding's size d. Parameters "weight" [d] and "bias" [d].
+class VectorCrossImpl : public torch::nn::Module {
+ public:
+  explicit VectorCrossImpl(std::int64_t size) {
+    // Xavier-normal for a d × 1 kernel, zero bias, as DCN implementations commonly start.
+    weight = register_parameter("weight", torch::randn({size}) * std::sqrt(2.0 / static_cast<double>(size + 1)));
+    bias = register_parameter("bias", torch::zeros({size}));
+  }
+  torch::Tensor forward(const torch::Tensor& x0, const torch::Tensor& x) {
+    return x0 * x.matmul(weight).unsqueeze(1) + bias + x;
+  }
+  torch::Tensor weight;
+  torch::Tensor bias;
+};
+
+// DCN and DCN-V2 (Wang et al. 2021, full-rank "matrix" cross, parallel structure): a cross network
+// and the MLP both read x0 = the flattened embeddings; output = Linear(concat(cross, deep)).
+// DCN-V2's layer is x_{l+1} = x0 ⊙ (W x_l + b) + x_l with W [d, d] ("cross.<l>.weight") and
+// b [d] ("cross.<l>.bias"); DCN's keeps the same names for its vectors w and b.
+// Extra parameters: mlp.<i>.weight/bias, output.weight [1, d + last hidden], output.bias [1].
+class DcnModel : public FieldModel {
+ public:
+  DcnModel(const ModelConfig& config, const FieldLayout& layout)
+      : FieldModel(config, layout), mlp_(flat_size(), config.mlp) {
+    add_embedding();
+    const auto d = flat_size();
+    for (int l = 0; l < config.cross_layers; ++l) {
+      if (config.kind == ModelKind::dcnv2) {
+        torch::nn::Linear layer(torch::nn::LinearOptions(d, d));
+        torch::NoGradGuard no_grad;
+        torch::nn::init::xavier_normal_(layer->weight);
+        torch::nn::init::zeros_(layer->bias);
+        matrix_cross_.push_back(layer);
+        cross_->push_back(layer);
+      } else {
+        auto layer = std::make_shared<VectorCrossImpl>(d);
+        vector_cross_.push_back(layer);
+        cross_->push_back(layer);
+      }
+    }
+    register_module("cross", cross_);
+    register_module("mlp", mlp_.list);
+    // With no hidden layers the deep part is absent, and concat(cross, deep) is the cross output.
+    const auto deep_size = config.mlp.empty() ? 0 : mlp_.output_size;
+    output_ = register_module("output", torch::nn::Linear(torch::nn::LinearOptions(d + deep_size, 1)));
+  }
+
+  torch::Tensor forward(const FeatureBatch& batch) override {
+    const auto x0 = embed(batch).flatten(1);
+    auto x = x0;
+    for (const auto& layer : vector_cross_) x = layer->forward(x0, x);
+    for (auto& layer : matrix_cross_) x = x0 * layer->forward(x) + x;
+    auto combined = x;
+    if (!config_.mlp.empty()) combined = torch::cat({x, mlp_.forward(x0, config_.dropout, is_training())}, 1);
+    return output_->forward(combined).squeeze(1);
+  }
+
+ private:
+  Mlp mlp_;
+  torch::nn::ModuleList cross_;
+  std::vector<std::shared_ptr<VectorCrossImpl>> vector_cross_;
+  std::vector<torch::nn::Linear> matrix_cross_;
+  torch::nn::Linear output_{nullptr};
+};
+
+}  // namespace
+
+std::string to_string(ModelKind kind) {
+  const auto index = static_cast<std::size_t>(kind);
+  USERIP_ASSERT_MSG(index < std::size(kModelNames), "unknown ModelKind {}", index);
+  return kModelNames[index];
+}
+
+ModelKind model_kind_from_string(std::string_view name) {
+  for (std::size_t i = 0; i < std::size(kModelNames); ++i) {
+    if (name == kModelNames[i]) return static_cast<ModelKind>(i);
+  }
+  fail("unknown model \"{}\" (expected one of: {})", name, fmt::join(kModelNames, ", "));
+}
+
+void ModelConfig::validate() const {
+  USERIP_CHECK(embedding_dim >= 1, "model config: \"embedding_dim\" must be >= 1, got {}", embedding_dim);
+  for (std::size_t i = 0; i < mlp.size(); ++i) {
+    USERIP_CHECK(mlp[i] >= 1, "model config: \"mlp\"[{}] must be >= 1, got {}", i, mlp[i]);
+  }
+  USERIP_CHECK(dropout >= 0.0 && dropout < 1.0, "model config: \"dropout\" must be in [0, 1), got {}", dropout);
+  USERIP_CHECK(cross_layers >= 0, "model config: \"cross_layers\" must be >= 0, got {}", cross_layers);
+  USERIP_CHECK(!uses_cross(kind) || cross_layers >= 1, "model config: \"cross_layers\" must be >= 1 for {}, got {}",
+               to_string(kind), cross_layers);
+}
+
+nlohmann::json ModelConfig::to_json() const {
+  return {{"kind", to_string(kind)},
+          {"embedding_dim", embedding_dim},
+          {"mlp", mlp},
+          {"dropout", dropout},
+          {"cross_layers", cross_layers}};
+}
+
+ModelConfig ModelConfig::from_json(const nlohmann::json& json, const ModelConfig& defaults) {
+  USERIP_CHECK(json.is_object(), "model config: expected a JSON object, got {}", json.type_name());
+  ModelConfig config = defaults;
+  for (const auto& [key, value] : json.items()) {
+    if (key == "kind") {
+      USERIP_CHECK(value.is_string(), "model config: \"kind\" must be a string, got {}", value.type_name());
+      try {
+        config.kind = model_kind_from_string(value.get<std::string>());
+      } catch (const Error& e) {
+        fail("model config: \"kind\": {}", e.what());
+      }
+    } else if (key == "embedding_dim") {
+      config.embedding_dim = config_int(value, "embedding_dim");
+    } else if (key == "mlp") {
+      USERIP_CHECK(value.is_array(), "model config: \"mlp\" must be a list of layer sizes, got {}", value.type_name());
+      config.mlp.clear();
+      for (const auto& size : value) config.mlp.push_back(config_int(size, "mlp"));
+    } else if (key == "dropout") {
+      USERIP_CHECK(value.is_number(), "model config: \"dropout\" must be a number, got {}", value.type_name());
+      config.dropout = value.get<double>();
+    } else if (key == "cross_layers") {
+      const auto layers = config_int(value, "cross_layers");
+      USERIP_CHECK(layers >= std::numeric_limits<int>::min() && layers <= std::numeric_limits<int>::max(),
+                   "model config: \"cross_layers\" is out of range: {}", layers);
+      config.cross_layers = static_cast<int>(layers);
+    } else {
+      fail("model config: unknown key \"{}\" (expected: kind, embedding_dim, mlp, dropout, cross_layers)", key);
+    }
+  }
+  config.validate();
+  return config;
+}
+
+std::shared_ptr<CtrModel> make_model(const ModelConfig& config, const FieldLayout& layout) {
+  config.validate();
+  USERIP_CHECK(layout.num_fields() >= 1, "CTR model: the field layout has no fields (no categorical, multi-hot "
+               "or dense input)");
+  switch (config.kind) {
+    case ModelKind::lr: return std::make_shared<LrModel>(config, layout);
+    case ModelKind::fm: return std::make_shared<FmModel>(config, layout);
+    case ModelKind::deepfm: return std::make_shared<DeepFmModel>(config, layout);
+    case ModelKind::dcn:
+    case ModelKind::dcnv2: return std::make_shared<DcnModel>(config, layout);
+  }
+  USERIP_ASSERT_MSG(false, "unknown ModelKind {}", static_cast<int>(config.kind));
+  return nullptr;
+}
+
+}  // namespace userip::ctr

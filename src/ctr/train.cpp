@@ -1,0 +1,315 @@
+#include "userip/ctr/train.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <unordered_set>
+
+#include "ctr/json_fields.h"
+#include "userip/ctr/metrics.h"
+#include "userip/lm/tensor_file.h"
+#include "userip/util/error.h"
+#include "userip/util/fs.h"
+#include "userip/util/log.h"
+#include "userip/util/progress.h"
+
+namespace userip::ctr {
+
+using nlohmann::json;
+
+void TrainConfig::validate() const {
+  USERIP_CHECK(learning_rate > 0 && std::isfinite(learning_rate), "train: learning_rate must be positive, got {}",
+               learning_rate);
+  USERIP_CHECK(l2 >= 0 && std::isfinite(l2), "train: l2 must be >= 0, got {}", l2);
+  USERIP_CHECK(batch_size >= 1, "train: batch_size must be at least 1, got {}", batch_size);
+  USERIP_CHECK(max_epochs >= 1, "train: max_epochs must be at least 1, got {}", max_epochs);
+  USERIP_CHECK(patience >= 1, "train: patience must be at least 1, got {}", patience);
+  USERIP_CHECK(plateau_decay > 0 && plateau_decay <= 1, "train: plateau_decay must be in (0, 1], got {}", plateau_decay);
+}
+
+json TrainConfig::to_json() const {
+  return {{"learning_rate", learning_rate}, {"l2", l2},           {"batch_size", batch_size},
+          {"max_epochs", max_epochs},       {"patience", patience}, {"plateau_decay", plateau_decay},
+          {"seed", seed}};
+}
+
+TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& defaults) {
+  TrainConfig c = defaults;
+  JsonFields fields(j, "train");
+  fields.read("learning_rate", c.learning_rate);
+  fields.read("l2", c.l2);
+  fields.read("batch_size", c.batch_size);
+  fields.read("max_epochs", c.max_epochs);
+  fields.read("patience", c.patience);
+  fields.read("plateau_decay", c.plateau_decay);
+  fields.read("seed", c.seed);
+  fields.finish();
+  c.validate();
+  return c;
+}
+
+json Evaluation::to_json() const {
+  auto number = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+  return {{"auc", number(auc)}, {"log_loss", number(log_loss)}, {"gauc", number(gauc)}, {"examples", examples},
+          {"positives", positives}};
+}
+
+Evaluation evaluate(const std::vector<float>& probabilities, const Examples& examples) {
+  USERIP_CHECK(static_cast<std::int64_t>(probabilities.size()) == examples.size(), "{} scores for {} examples",
+               probabilities.size(), examples.size());
+  Evaluation e;
+  e.examples = examples.size();
+  const torch::Tensor label = examples.label.contiguous();
+  std::vector<float> labels(label.data_ptr<float>(), label.data_ptr<float>() + label.numel());
+  for (float l : labels) e.positives += l > 0.5f ? 1 : 0;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  if (e.examples == 0) {
+    e.auc = e.log_loss = e.gauc = nan;
+    return e;
+  }
+  e.auc = (e.positives == 0 || e.positives == e.examples) ? nan : auc(probabilities, labels);
+  e.log_loss = log_loss(probabilities, labels);
+  std::vector<std::int64_t> groups(examples.user.begin(), examples.user.end());
+  e.gauc = grouped_auc(probabilities, labels, groups).value;
+  return e;
+}
+
+json EpochLog::to_json() const {
+  return {{"epoch", epoch},     {"train_loss", train_loss}, {"learning_rate", learning_rate}, {"valid", valid.to_json()},
+          {"seconds", seconds}, {"samples_per_second", samples_per_second}};
+}
+
+json TrainResult::to_json() const {
+  json log = json::array();
+  for (const auto& e : epochs) log.push_back(e.to_json());
+  return {{"best_epoch", best_epoch},
+          {"best_valid", best_valid.to_json()},
+          {"seconds", seconds},
+          {"samples_per_second", samples_per_second},
+          {"epochs", log}};
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// A copy of every parameter and buffer, to restore the best epoch's model.
+std::vector<torch::Tensor> snapshot(torch::nn::Module& model) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> copies;
+  for (const auto& p : model.parameters()) copies.push_back(p.detach().clone());
+  for (const auto& b : model.buffers()) copies.push_back(b.detach().clone());
+  return copies;
+}
+
+void restore(torch::nn::Module& model, const std::vector<torch::Tensor>& copies) {
+  torch::NoGradGuard no_grad;
+  std::size_t i = 0;
+  for (auto& p : model.parameters()) p.copy_(copies[i++]);
+  for (auto& b : model.buffers()) b.copy_(copies[i++]);
+}
+
+}  // namespace
+
+std::vector<float> predict(CtrModel& model, const Examples& examples, torch::Device device, std::int64_t batch_size) {
+  torch::NoGradGuard no_grad;
+  const bool was_training = model.is_training();
+  model.eval();
+  std::vector<float> out;
+  out.reserve(static_cast<std::size_t>(examples.size()));
+  for (std::int64_t begin = 0; begin < examples.size(); begin += batch_size) {
+    const std::int64_t end = std::min(examples.size(), begin + batch_size);
+    torch::Tensor p = torch::sigmoid(model.forward(examples.batch(begin, end, device))).to(torch::kCPU).to(torch::kFloat32).contiguous();
+    out.insert(out.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+  }
+  model.train(was_training);
+  return out;
+}
+
+TrainResult train(CtrModel& model, const Examples& train_set, const Examples& valid_set, const TrainConfig& config,
+                  const TrainOptions& options) {
+  config.validate();
+  USERIP_CHECK(train_set.size() > 0, "train: no training examples");
+  USERIP_CHECK(valid_set.size() > 0, "train: no validation examples (early stopping needs them)");
+  torch::manual_seed(config.seed);
+  model.to(options.device);
+
+  // Weight decay on the embedding tables only: the usual L2 of CTR models, which keeps rare ids'
+  // embeddings small without shrinking the dense layers.
+  std::vector<torch::Tensor> embeddings = model.embedding_parameters();
+  std::unordered_set<const void*> is_embedding;
+  for (const auto& t : embeddings) is_embedding.insert(t.unsafeGetTensorImpl());
+  std::vector<torch::Tensor> others;
+  for (const auto& p : model.parameters()) {
+    if (!is_embedding.count(p.unsafeGetTensorImpl())) others.push_back(p);
+  }
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(embeddings, std::make_unique<torch::optim::AdamOptions>(
+                                      torch::optim::AdamOptions(config.learning_rate).weight_decay(config.l2)));
+  if (!others.empty()) {
+    groups.emplace_back(others, std::make_unique<torch::optim::AdamOptions>(config.learning_rate));
+  }
+  torch::optim::Adam optimizer(groups, torch::optim::AdamOptions(config.learning_rate));
+
+  TrainResult result;
+  result.best_valid.auc = -1;
+  std::vector<torch::Tensor> best = snapshot(model);
+  double learning_rate = config.learning_rate;
+  int epochs_without_gain = 0;
+  const auto start = Clock::now();
+  double train_seconds = 0;
+  std::int64_t trained = 0;
+  const std::int64_t n = train_set.size();
+  const std::int64_t batches = (n + config.batch_size - 1) / config.batch_size;
+
+  for (int epoch = 1; epoch <= config.max_epochs; ++epoch) {
+    const auto epoch_start = Clock::now();
+    model.train();
+    const torch::Tensor order = torch::randperm(n, torch::kLong);
+    ProgressBar bar(fmt::format("ctr epoch {}/{}", epoch, config.max_epochs), static_cast<std::uint64_t>(batches), "batch");
+    if (!options.show_progress) bar.disable();
+    double loss_sum = 0;
+    for (std::int64_t b = 0; b < batches; ++b) {
+      const std::int64_t begin = b * config.batch_size, end = std::min(n, begin + config.batch_size);
+      const FeatureBatch batch = train_set.batch(order.slice(0, begin, end), options.device);
+      optimizer.zero_grad();
+      const torch::Tensor loss = torch::binary_cross_entropy_with_logits(model.forward(batch), batch.label);
+      loss.backward();
+      optimizer.step();
+      const double value = loss.item<double>();
+      USERIP_CHECK(std::isfinite(value), "train: the loss became {} at epoch {}, batch {}; lower learning_rate", value,
+                   epoch, b + 1);
+      loss_sum += value * static_cast<double>(end - begin);
+      bar.advance();
+      if (b % 50 == 0) bar.set_metric(fmt::format("loss {:.4f}", loss_sum / static_cast<double>(end)));
+    }
+    bar.finish();
+    const double pass_seconds = seconds_since(epoch_start);
+    train_seconds += pass_seconds;
+    trained += n;
+
+    EpochLog log;
+    log.epoch = epoch;
+    log.train_loss = loss_sum / static_cast<double>(n);
+    log.learning_rate = learning_rate;
+    log.valid = evaluate(predict(model, valid_set, options.device), valid_set);
+    log.seconds = seconds_since(epoch_start);
+    log.samples_per_second = static_cast<double>(n) / pass_seconds;
+    result.epochs.push_back(log);
+    spdlog::info("ctr epoch {}: train loss {:.4f}, valid AUC {:.4f}, LogLoss {:.4f}, {:.0f} samples/s", epoch,
+                 log.train_loss, log.valid.auc, log.valid.log_loss, log.samples_per_second);
+
+    // NaN AUC (one class in validation) never counts as a gain: the first epoch is kept.
+    if (log.valid.auc > result.best_valid.auc || result.best_epoch == 0) {
+      result.best_epoch = epoch;
+      result.best_valid = log.valid;
+      best = snapshot(model);
+      epochs_without_gain = 0;
+    } else {
+      if (++epochs_without_gain >= config.patience) break;
+      learning_rate *= config.plateau_decay;
+      for (auto& group : optimizer.param_groups()) {
+        static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
+      }
+    }
+  }
+  restore(model, best);
+  model.eval();
+  result.seconds = seconds_since(start);
+  result.samples_per_second = static_cast<double>(trained) / train_seconds;
+  return result;
+}
+
+// --- saved models --------------------------------------------------------------------------------
+
+namespace {
+constexpr const char* kRecordFile = "ctr_model.json";
+constexpr const char* kFeaturesFile = "features.json";
+constexpr const char* kWeightsFile = "weights.safetensors";
+
+std::vector<std::pair<std::string, torch::Tensor>> named_state(CtrModel& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> state;
+  for (const auto& item : model.named_parameters()) state.emplace_back(item.key(), item.value().detach().to(torch::kCPU));
+  for (const auto& item : model.named_buffers()) state.emplace_back(item.key(), item.value().detach().to(torch::kCPU));
+  return state;
+}
+}  // namespace
+
+void save_model(const std::filesystem::path& dir, CtrModel& model, const ModelConfig& model_config,
+                const TrainConfig& train_config, const FeatureEncoder& encoder, const json& extra) {
+  std::filesystem::create_directories(dir);
+  const std::string features = encoder.to_json().dump();
+  // Features and weights first, the record last: a directory whose ctr_model.json exists is whole,
+  // and the record's fingerprint ties it to exactly these features.
+  write_file_atomic(dir / kFeaturesFile, features);
+  lm::write_safetensors(dir / kWeightsFile, named_state(model));
+  json record = {{"format", "userip-ctr-model"},
+                 {"version", 1},
+                 {"model", model_config.to_json()},
+                 {"train", train_config.to_json()},
+                 {"features_fingerprint", hex64(fnv1a64(features))},
+                 {"weights_fingerprint", fingerprint_file(dir / kWeightsFile)}};
+  for (auto it = extra.begin(); it != extra.end(); ++it) record[it.key()] = it.value();
+  write_file_atomic(dir / kRecordFile, record.dump(2) + "\n");
+}
+
+SavedModel load_model(const std::filesystem::path& dir, torch::Device device) {
+  const auto record_path = dir / kRecordFile;
+  USERIP_CHECK(std::filesystem::exists(record_path), "{}: not a trained CTR model (no {})", dir.string(), kRecordFile);
+  json record;
+  try {
+    record = json::parse(read_file(record_path));
+  } catch (const json::parse_error& e) {
+    fail("{}: not valid JSON: {}", record_path.string(), e.what());
+  }
+  USERIP_CHECK(record.is_object() && record.value("format", "") == "userip-ctr-model",
+               "{}: not a userip CTR model record", record_path.string());
+  SavedModel saved;
+  try {
+    saved.model_config = ModelConfig::from_json(record.at("model"));
+    saved.train_config = TrainConfig::from_json(record.at("train"));
+  } catch (const json::exception& e) {
+    fail("{}: {}", record_path.string(), e.what());
+  } catch (const Error& e) {
+    fail("{}: {}", record_path.string(), e.what());
+  }
+  const auto features_path = dir / kFeaturesFile;
+  USERIP_CHECK(std::filesystem::exists(features_path), "{}: missing", features_path.string());
+  const std::string features = read_file(features_path);
+  USERIP_CHECK(hex64(fnv1a64(features)) == record.value("features_fingerprint", ""),
+               "{} does not belong to the model in {} (its fingerprint differs from the one recorded at training)",
+               features_path.string(), record_path.string());
+  saved.encoder = FeatureEncoder::load(features_path);
+  saved.model = make_model(saved.model_config, saved.encoder.layout());
+
+  const auto weights_path = dir / kWeightsFile;
+  USERIP_CHECK(std::filesystem::exists(weights_path), "{}: missing", weights_path.string());
+  auto source = lm::open_safetensors(weights_path);
+  std::unordered_set<std::string> expected;
+  {
+    torch::NoGradGuard no_grad;
+    auto assign = [&](const std::string& name, torch::Tensor& target) {
+      expected.insert(name);
+      const lm::TensorInfo* info = source->find(name);
+      USERIP_CHECK(info != nullptr, "{}: tensor '{}' is missing", weights_path.string(), name);
+      USERIP_CHECK(info->torch_shape() == target.sizes().vec(), "{}: tensor '{}' has shape [{}] but the model needs [{}]",
+                   weights_path.string(), name, fmt::join(info->torch_shape(), ", "), fmt::join(target.sizes(), ", "));
+      target.copy_(source->load(name, target.scalar_type()));
+    };
+    for (auto& item : saved.model->named_parameters()) assign(item.key(), item.value());
+    for (auto& item : saved.model->named_buffers()) assign(item.key(), item.value());
+  }
+  for (const auto& name : source->names()) {
+    USERIP_CHECK(expected.count(name), "{}: unexpected tensor '{}' (not a parameter of a {} model)", weights_path.string(),
+                 name, to_string(saved.model_config.kind));
+  }
+  saved.model->to(device);
+  saved.model->eval();
+  saved.record = std::move(record);
+  return saved;
+}
+
+}  // namespace userip::ctr

@@ -1,0 +1,243 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <fstream>
+
+#include "ctr/ctr_test_support.h"
+#include "support/temp_dir.h"
+#include "userip/ctr/controls.h"
+#include "userip/ctr/experiment.h"
+#include "userip/ctr/pipeline.h"
+#include "userip/store/feature_bank.h"
+#include "userip/util/fs.h"
+
+namespace userip::ctr {
+namespace {
+
+using testing::expect_error;
+
+const data::Dataset& world() {
+  static const data::Dataset d = testing::preference_dataset();
+  return d;
+}
+
+CtrSettings quick_settings(ModelKind kind) {
+  CtrSettings s;
+  s.model.kind = kind;
+  s.train.max_epochs = 6;
+  s.train.batch_size = 128;
+  s.train.learning_rate = 0.02;
+  return s;
+}
+
+TrainOptions quiet() {
+  TrainOptions o;
+  o.show_progress = false;
+  return o;
+}
+
+TEST(CtrTrain, EveryModelLearnsTheSyntheticWorld) {
+  for (ModelKind kind : {ModelKind::lr, ModelKind::fm, ModelKind::deepfm, ModelKind::dcn, ModelKind::dcnv2}) {
+    const TrainedModel t = train_on_dataset(world(), quick_settings(kind), {}, quiet());
+    // LR sees only the items' quality (user and item biases); the others also learn which category
+    // each user prefers.
+    const double floor = kind == ModelKind::lr ? 0.54 : 0.72;
+    EXPECT_GT(t.result.best_valid.auc, floor) << to_string(kind);
+    EXPECT_GT(t.test.auc, floor) << to_string(kind);
+    EXPECT_GE(t.result.best_epoch, 1);
+    EXPECT_EQ(t.test_scores.size(), static_cast<std::size_t>(t.examples.test.size()));
+    EXPECT_GT(t.result.samples_per_second, 0);
+  }
+}
+
+TEST(CtrTrain, SameSeedSameScoresOnTheCpu) {
+  const TrainedModel a = train_on_dataset(world(), quick_settings(ModelKind::deepfm), {}, quiet());
+  const TrainedModel b = train_on_dataset(world(), quick_settings(ModelKind::deepfm), {}, quiet());
+  EXPECT_EQ(a.test_scores, b.test_scores);
+  auto other = quick_settings(ModelKind::deepfm);
+  other.train.seed = 43;
+  const TrainedModel c = train_on_dataset(world(), other, {}, quiet());
+  EXPECT_NE(a.test_scores, c.test_scores);
+}
+
+TEST(CtrTrain, EarlyStoppingKeepsTheBestEpoch) {
+  auto s = quick_settings(ModelKind::dcn);
+  s.train.max_epochs = 12;
+  s.train.patience = 2;
+  s.train.learning_rate = 0.05;  // overfits fast, so validation AUC turns down
+  const TrainedModel t = train_on_dataset(world(), s, {}, quiet());
+  double best = -1;
+  for (const auto& e : t.result.epochs) best = std::max(best, e.valid.auc);
+  EXPECT_DOUBLE_EQ(t.result.best_valid.auc, best);
+  // The restored model is the best epoch's: scoring validation again reproduces its AUC.
+  const Evaluation again = evaluate(predict(*t.model, t.examples.valid), t.examples.valid);
+  EXPECT_NEAR(again.auc, best, 1e-9);
+  // Learning rate decays after an epoch without gain.
+  for (std::size_t i = 1; i < t.result.epochs.size(); ++i) {
+    EXPECT_LE(t.result.epochs[i].learning_rate, t.result.epochs[i - 1].learning_rate);
+  }
+}
+
+TEST(CtrTrain, SavedModelScoresExactlyAsAtTheEndOfTraining) {
+  const TrainedModel t = train_on_dataset(world(), quick_settings(ModelKind::dcnv2), {}, quiet());
+  testing::TempDir dir;
+  save_model(dir.path(), *t.model, quick_settings(ModelKind::dcnv2).model, quick_settings(ModelKind::dcnv2).train,
+             t.encoder, {{"seed", 42}});
+  SavedModel saved = load_model(dir.path());
+  const data::SplitView test = world().view({data::SplitPart::test});
+  std::vector<std::string> users, items;
+  for (std::size_t i = 0; i < test.size(); ++i) {
+    users.push_back(world().user_ids[test.user(i)]);
+    items.push_back(world().item_ids[test.item(i)]);
+  }
+  const std::vector<float> scores = predict(*saved.model, saved.encoder.encode_pairs(users, items, nullptr, nullptr));
+  ASSERT_EQ(scores.size(), t.test_scores.size());
+  for (std::size_t i = 0; i < scores.size(); ++i) EXPECT_NEAR(scores[i], t.test_scores[i], 1e-6) << i;
+  EXPECT_EQ(saved.record["seed"], 42);
+}
+
+TEST(CtrTrain, MismatchedModelFilesAreRefused) {
+  testing::TempDir dir;
+  auto save = [&](const std::string& name, ModelKind kind, std::int64_t min_count) {
+    CtrSettings s = quick_settings(kind);
+    s.train.max_epochs = 1;
+    s.features.min_count = min_count;
+    const TrainedModel t = train_on_dataset(world(), s, {}, quiet());
+    save_model(dir / name, *t.model, s.model, s.train, t.encoder, nlohmann::json::object());
+  };
+  save("a", ModelKind::dcn, 2);
+  save("b", ModelKind::dcn, 5);
+  std::filesystem::copy_file(dir / "b" / "features.json", dir / "a" / "features.json",
+                             std::filesystem::copy_options::overwrite_existing);
+  expect_error([&] { load_model(dir / "a"); }, {"features.json", "does not belong"});
+
+  save("c", ModelKind::lr, 2);
+  save("d", ModelKind::dcn, 2);
+  std::filesystem::copy_file(dir / "c" / "weights.safetensors", dir / "d" / "weights.safetensors",
+                             std::filesystem::copy_options::overwrite_existing);
+  expect_error([&] { load_model(dir / "d"); }, {"weights.safetensors", "missing"});
+  expect_error([&] { load_model(dir / "nothing"); }, {"nothing", "not a trained CTR model"});
+  std::filesystem::create_directories(dir / "e");
+  dir.write("e/ctr_model.json", "{not json");
+  expect_error([&] { load_model(dir / "e"); }, {"ctr_model.json", "not valid JSON"});
+}
+
+TEST(CtrSettings, BaseAndExperimentOverridesMerge) {
+  const nlohmann::json config = nlohmann::json::parse(R"({
+    "base": {"model": {"embedding_dim": 4, "mlp": [8]}, "train": {"max_epochs": 2}},
+    "experiments": {"wide": {"model": {"kind": "deepfm", "mlp": [32, 16]}}, "plain": {}}
+  })");
+  const CtrSettings base = settings_for(config, "", "test.json");
+  EXPECT_EQ(base.model.kind, ModelKind::dcn);
+  EXPECT_EQ(base.model.embedding_dim, 4);
+  const CtrSettings wide = settings_for(config, "wide", "test.json");
+  EXPECT_EQ(wide.model.kind, ModelKind::deepfm);
+  EXPECT_EQ(wide.model.embedding_dim, 4);
+  EXPECT_EQ(wide.model.mlp, (std::vector<std::int64_t>{32, 16}));
+  EXPECT_EQ(wide.train.max_epochs, 2);
+  EXPECT_EQ(experiment_names(config), (std::vector<std::string>{"plain", "wide"}));
+}
+
+TEST(CtrSettings, BadValuesNameFileSectionAndKey) {
+  auto parse = [](const char* text) { return nlohmann::json::parse(text); };
+  expect_error([&] { settings_for(parse(R"({"base": {"train": {"batch_size": 0}}})"), "", "c.json"); },
+               {"c.json", "batch_size"});
+  expect_error([&] { settings_for(parse(R"({"base": {"train": {"learning_rate": "fast"}}})"), "", "c.json"); },
+               {"c.json", "learning_rate", "number"});
+  expect_error([&] { settings_for(parse(R"({"base": {"modle": {}}})"), "", "c.json"); }, {"c.json", "modle"});
+  expect_error([&] { settings_for(parse(R"({"base": {}, "experiments": {"a": {}}})"), "b", "c.json"); },
+               {"c.json", "'b'", "a"});
+  expect_error([&] { settings_for(parse(R"({"bsae": {}})"), "", "c.json"); }, {"c.json", "bsae"});
+  expect_error([&] { settings_for(parse(R"({"base": {"model": {"kind": "xgboost"}}})"), "", "c.json"); },
+               {"c.json", "xgboost"});
+  expect_error([&] { CompareConfig::from_json(parse(R"({"seeds": 0})"), {}); }, {"seeds"});
+  expect_error([&] { CompareConfig::from_json(parse(R"({"variants": ["base", "llm"]})"), {}); }, {"llm"});
+}
+
+TEST(CtrExperiment, RunsEveryVariantAndSeedComparesWithBaseAndResumes) {
+  testing::TempDir dir;
+  const data::Dataset& d = world();
+  d.save(dir / "dataset");
+  const data::Dataset loaded = data::Dataset::load(dir / "dataset");
+
+  // A "UserIP" bank stand-in: the genre control's codes, written and read like a real bank.
+  const UserCodeTable control = histogram_control_codes(loaded, "", 4, 1);
+  store::BankContents contents;
+  contents.fields = {{"taste", 4}};
+  contents.codebook_fingerprint = "test";
+  for (const auto& [user, codes] : control.codes) contents.users.push_back(user), contents.codes.push_back(codes[0]);
+  store::write_bank(dir / "bank.sqlite", contents);
+
+  ExperimentInputs inputs;
+  inputs.dataset = &loaded;
+  inputs.dataset_path = (dir / "dataset").string();
+  inputs.config = nlohmann::json::parse(R"({
+    "base": {"train": {"max_epochs": 2, "batch_size": 256, "learning_rate": 0.01}},
+    "experiments": {"dcn": {"model": {"kind": "dcn"}}, "fm": {"model": {"kind": "fm"}}}})");
+  inputs.config_path = "inline";
+  inputs.userip.codes = UserCodeTable::from_banks({dir / "bank.sqlite"});
+  inputs.userip_fingerprint = fingerprint_file(dir / "bank.sqlite");
+  CompareConfig compare;
+  compare.seeds = 2;
+  compare.control_codes = 4;
+  compare.variants = {Variant::base, Variant::codes, Variant::control_genres, Variant::control_cf};
+  ExperimentOptions options;
+  options.train = quiet();
+
+  const nlohmann::json first = run_experiment(inputs, compare, dir / "out", options);
+  ASSERT_EQ(first["runs"].size(), 2u * 4u * 2u);
+  EXPECT_EQ(first["summary"].size(), 2u * 4u * 3u * 3u);  // experiments x variants x groups x metrics
+  for (const auto& row : first["summary"]) {
+    if (row["variant"] == "base") {
+      EXPECT_TRUE(row["diff_mean"].is_null());
+    } else if (row["mean"].is_number()) {
+      EXPECT_TRUE(row["p_value"].is_number()) << row.dump();
+    }
+  }
+  EXPECT_GT(first["groups"]["cold"]["examples"].get<int>(), 0);
+  EXPECT_GT(first["groups"]["sparse"]["users"].get<int>(), 0);
+  EXPECT_TRUE(std::filesystem::exists(dir / "out" / "results.md"));
+  EXPECT_NE(read_file(dir / "out" / "results.md").find("| dcn | control-cf |"), std::string::npos);
+
+  // Cold users have codes in every code variant, so profiles reach the cold group.
+  for (const auto& [user, codes] : histogram_control_codes(loaded, "", 4, 1).codes) EXPECT_EQ(codes.size(), 1u);
+
+  // A second invocation reuses every run: identical results, nothing retrained.
+  const nlohmann::json second = run_experiment(inputs, compare, dir / "out", options);
+  EXPECT_EQ(second["runs"], first["runs"]);
+  EXPECT_EQ(second["summary"], first["summary"]);
+}
+
+TEST(CtrExperiment, VariantsWithoutTheirInputsAreRefused) {
+  testing::TempDir dir;
+  ExperimentInputs inputs;
+  inputs.dataset = &world();
+  CompareConfig compare;
+  compare.variants = {Variant::base, Variant::dense};
+  expect_error([&] { run_experiment(inputs, compare, dir / "out", {}); }, {"dense", "--profiles"});
+}
+
+TEST(CtrControls, CollaborativeCodesCoverWarmAndColdUsers) {
+  const data::Dataset& d = world();
+  const UserCodeTable t = collaborative_control_codes(d, 8, 5, 3);
+  std::size_t users_with_rows = 0;
+  const data::SplitView train = d.training_view(), cold_history = d.view({data::SplitPart::cold_history});
+  for (std::uint32_t u = 0; u < d.num_users(); ++u) {
+    const bool warm = train.user_count(u) > 0;
+    const bool cold = cold_history.user_count(u) > 0;
+    if (warm || cold) {
+      ++users_with_rows;
+      ASSERT_TRUE(t.codes.count(d.user_ids[u])) << d.user_ids[u];
+      const auto code = t.codes.at(d.user_ids[u])[0];
+      EXPECT_GE(code, 0);
+      EXPECT_LT(code, 5);
+    }
+  }
+  EXPECT_EQ(t.codes.size(), users_with_rows);
+  EXPECT_EQ(t.fields[0].cardinality, 5);
+  // Deterministic for a seed.
+  EXPECT_EQ(collaborative_control_codes(d, 8, 5, 3).codes, t.codes);
+}
+
+}  // namespace
+}  // namespace userip::ctr
