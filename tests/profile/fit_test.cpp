@@ -13,6 +13,9 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/wait.h>
+
+#include <csignal>
 #include <unistd.h>
 
 #include <cmath>
@@ -342,6 +345,56 @@ TEST_F(ProfileFit, CommandLineFitInferExplainAndBank) {
   EXPECT_NE(output.find("nope"), std::string::npos) << output;
   EXPECT_EQ(testing::run_cli("profile explain --profile " + out.string() + " --user nobody", &output), 1);
   EXPECT_NE(output.find("'nobody'"), std::string::npos) << output;
+}
+
+// The real thing the checkpoint is for: `profile fit` killed with SIGKILL part-way, then run again
+// with the same command, ends with the codes of an uninterrupted run.
+TEST_F(ProfileFit, CommandLineFitKilledWithSigkillResumesToTheSameCodes) {
+  TempDir dir;
+  const auto data_dir = dir / "data";
+  data::save_synthetic({g_world->dataset, g_world->truth}, data_dir);
+  const std::string args = "--threads 1 profile fit --dataset " + data_dir.string() + " --model " +
+                           g_world->lm_dir.string() +
+                           " --codes 4 --attribute-codes background=3 --rounds 3 --samples-per-user 2"
+                           " --population-steps 2 --eval-users 10 --no-bank --checkpoint-seconds 0 --out ";
+  std::string output;
+  ASSERT_EQ(testing::run_cli(args + (dir / "whole").string(), &output), 0) << output;
+
+  const auto killed = dir / "killed";
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    const std::string command = std::string(USERIP_CLI) + " " + args + killed.string() + " >/dev/null 2>&1";
+    ::execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Kill it as soon as a checkpoint from inside the first round exists.
+  bool checkpointed = false;
+  for (int i = 0; i < 6000 && !checkpointed; ++i) {
+    checkpointed = fs::exists(killed / "checkpoint" / "state.json");
+    if (!checkpointed) ::usleep(10000);
+  }
+  ::kill(child, SIGKILL);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  ASSERT_TRUE(checkpointed) << "no checkpoint appeared within a minute";
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the fit ended before it could be killed";
+  EXPECT_FALSE(fs::exists(killed / "codes.csv"));
+
+  ASSERT_EQ(testing::run_cli(args + killed.string(), &output), 0) << output;
+  EXPECT_NE(output.find("resum"), std::string::npos) << output;
+  auto codes = [](const fs::path& file) {
+    std::ifstream in(file);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  };
+  const auto a = codes(dir / "whole" / "codes.csv"), b = codes(killed / "codes.csv");
+  ASSERT_EQ(a.size(), b.size());
+  ASSERT_GT(a.size(), 1u);
+  std::size_t same = 0;
+  for (std::size_t i = 1; i < a.size(); ++i) same += a[i] == b[i];
+  EXPECT_GE(static_cast<double>(same) / static_cast<double>(a.size() - 1), 0.99);
 }
 
 TEST_F(ProfileFit, BadOptionsAreRejected) {

@@ -275,11 +275,28 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       }
       profile::InferOptions options;
       options.rounds = *rounds;
+      // Fold-in of the same users from the same fit is deterministic: an unchanged rerun (the main
+      // job's second run) reuses its output.
+      std::string chosen_ids;
+      for (auto u : chosen) chosen_ids += f.dataset.user_ids[u] + "\n";
+      const std::string infer_fingerprint =
+          hex64(fnv1a64(f.fit.record.value("fingerprint", "") + "|" + std::to_string(options.rounds) + "|" + chosen_ids));
+      if (std::filesystem::exists(*out / "profile.json") && (bank->empty() || std::filesystem::exists(*bank))) {
+        try {
+          if (nlohmann::json::parse(read_file(*out / "profile.json")).value("infer_fingerprint", "") == infer_fingerprint) {
+            std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());
+            return;
+          }
+        } catch (const nlohmann::json::exception&) {
+          // An unreadable earlier output is simply replaced.
+        }
+      }
       auto in = f.inputs();
       auto profiles = profile::infer_profiles(in, f.fit.profiles, f.fit.options, history, chosen, options);
       nlohmann::json record = f.fit.record;
       record["folded_in_from"] = std::filesystem::absolute(*dir).string();
       record["history_part"] = "cold_history";
+      record["infer_fingerprint"] = infer_fingerprint;
       record.erase("evaluation");
       profile::save_profiles(profiles, *out, record);
       std::cout << fmt::format("profiles of {} folded-in users in {}\n", profiles.users.size(), out->string());

@@ -1,0 +1,177 @@
+// `userip ctr train`, `ctr predict` and `experiment` as a user runs them.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <sstream>
+
+#include "ctr/ctr_test_support.h"
+#include "support/temp_dir.h"
+#include "userip/ctr/controls.h"
+#include "userip/store/feature_bank.h"
+#include "userip/util/fs.h"
+
+namespace userip::ctr {
+namespace {
+
+using userip::testing::run_cli;
+using userip::testing::TempDir;
+
+// The last line of the output that parses as a JSON object (the result line of ctr train).
+nlohmann::json result_line(const std::string& output) {
+  std::istringstream in(output);
+  std::string line;
+  nlohmann::json found;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] != '{') continue;
+    try {
+      found = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+    }
+  }
+  return found;
+}
+
+std::vector<std::pair<std::string, double>> read_scores(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "user,item,score");
+  std::vector<std::pair<std::string, double>> rows;
+  while (std::getline(in, line)) {
+    const auto last = line.rfind(',');
+    rows.emplace_back(line.substr(0, last), std::stod(line.substr(last + 1)));
+  }
+  return rows;
+}
+
+class CtrCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dataset_ = (dir_ / "dataset").string();
+    testing::preference_dataset().save(dataset_);
+    // A bank for the preference world: the histogram control's codes of every warm and cold user.
+    const data::Dataset d = data::Dataset::load(dataset_);
+    const UserCodeTable control = histogram_control_codes(d, "category", 3, 1);
+    store::BankContents contents;
+    contents.fields = {{"taste", 3}};
+    contents.codebook_fingerprint = "test";
+    for (const auto& [user, codes] : control.codes) contents.users.push_back(user), contents.codes.push_back(codes[0]);
+    store::write_bank(dir_ / "bank.sqlite", contents);
+    config_ = dir_.write("ctr.json", R"({
+      "base": {"train": {"max_epochs": 4, "batch_size": 128, "learning_rate": 0.02}},
+      "experiments": {"dcn": {"model": {"kind": "dcn"}}, "fm": {"model": {"kind": "fm"}}},
+      "compare": {"seeds": 2, "variants": ["base", "codes", "control-genres"], "control_codes": 3}})").string();
+  }
+  TempDir dir_;
+  std::string dataset_, config_;
+};
+
+TEST_F(CtrCli, TrainThenPredictReproducesTheTrainingScores) {
+  std::string output;
+  const std::string model = (dir_ / "model").string();
+  ASSERT_EQ(run_cli("--threads 1 ctr train --dataset " + dataset_ + " --config " + config_ +
+                        " --experiment fm --bank " + (dir_ / "bank.sqlite").string() + " --out " + model,
+                    &output),
+            0)
+      << output;
+  const nlohmann::json result = result_line(output);
+  ASSERT_TRUE(result.is_object()) << output;
+  EXPECT_EQ(result["model"], "fm");
+  EXPECT_EQ(result["profile"], "codes");
+  EXPECT_EQ(result["seed"], 42);
+  EXPECT_GT(result["test"]["auc"].get<double>(), 0.7);
+  EXPECT_TRUE(result["cold_test"]["auc"].is_number());
+  for (const char* file : {"ctr_model.json", "features.json", "weights.safetensors", "log.jsonl", "test_scores.csv"}) {
+    EXPECT_TRUE(std::filesystem::exists(dir_ / "model" / file)) << file;
+  }
+
+  const std::string predicted = (dir_ / "predicted.csv").string();
+  ASSERT_EQ(run_cli("ctr predict --model " + model + " --input " + model + "/test_scores.csv --bank " +
+                        (dir_ / "bank.sqlite").string() + " --out " + predicted,
+                    &output),
+            0)
+      << output;
+  const auto trained = read_scores(dir_ / "model" / "test_scores.csv");
+  const auto scored = read_scores(predicted);
+  ASSERT_EQ(trained.size(), scored.size());
+  ASSERT_FALSE(trained.empty());
+  for (std::size_t i = 0; i < trained.size(); ++i) {
+    EXPECT_EQ(trained[i].first, scored[i].first);
+    EXPECT_NEAR(trained[i].second, scored[i].second, 1e-6) << trained[i].first;
+  }
+
+  // Unknown users and items are scored through the OOV buckets, and counted.
+  const auto pairs = dir_.write("pairs.csv", "user,item\nnobody,item1\nuser1,no-such-item\n");
+  ASSERT_EQ(run_cli("ctr predict --model " + model + " --input " + pairs.string() + " --bank " +
+                        (dir_ / "bank.sqlite").string(),
+                    &output),
+            0)
+      << output;
+  EXPECT_NE(output.find("nobody,item1,"), std::string::npos) << output;
+  EXPECT_NE(output.find("1 unknown users, 1 unknown items, 1 without a profile"), std::string::npos) << output;
+
+  // A codes model without its bank is refused with the reason.
+  EXPECT_NE(run_cli("ctr predict --model " + model + " --input " + pairs.string(), &output), 0);
+  EXPECT_NE(output.find("feature bank"), std::string::npos) << output;
+}
+
+TEST_F(CtrCli, ErrorsNameTheFileAndTheProblem) {
+  std::string output;
+  const auto bad_value = dir_.write("bad.json", R"({"base": {"train": {"batch_size": -1}}})");
+  EXPECT_NE(run_cli("ctr train --dataset " + dataset_ + " --config " + bad_value.string() + " --out " +
+                        (dir_ / "m").string(),
+                    &output),
+            0);
+  EXPECT_NE(output.find("bad.json"), std::string::npos) << output;
+  EXPECT_NE(output.find("batch_size"), std::string::npos) << output;
+
+  const auto bad_json = dir_.write("broken.json", R"({"base": )");
+  EXPECT_NE(run_cli("experiment --dataset " + dataset_ + " --config " + bad_json.string() + " --out " +
+                        (dir_ / "e").string(),
+                    &output),
+            0);
+  EXPECT_NE(output.find("broken.json: not valid JSON"), std::string::npos) << output;
+
+  EXPECT_NE(run_cli("ctr train --dataset " + dataset_ + " --bank " + (dir_ / "missing.sqlite").string() + " --out " +
+                        (dir_ / "m").string(),
+                    &output),
+            0);
+  EXPECT_NE(output.find("missing.sqlite"), std::string::npos) << output;
+
+  EXPECT_NE(run_cli("ctr train --dataset " + dataset_ + " --kind gbdt --out " + (dir_ / "m").string(), &output), 0);
+  EXPECT_NE(output.find("gbdt"), std::string::npos) << output;
+
+  EXPECT_NE(run_cli("ctr predict --model " + (dir_ / "nothing").string() + " --input " + config_, &output), 0);
+  EXPECT_NE(output.find("not a trained CTR model"), std::string::npos) << output;
+
+  EXPECT_NE(run_cli("experiment --dataset " + dataset_ + " --variants base,dense --out " + (dir_ / "e").string(), &output),
+            0);
+  EXPECT_NE(output.find("--profiles"), std::string::npos) << output;
+}
+
+TEST_F(CtrCli, ExperimentPrintsTheTableAndReusesFinishedRuns) {
+  std::string output;
+  const std::string out = (dir_ / "experiment").string();
+  const std::string command = "--threads 1 experiment --dataset " + dataset_ + " --config " + config_ + " --bank " +
+                              (dir_ / "bank.sqlite").string() + " --out " + out;
+  ASSERT_EQ(run_cli(command, &output), 0) << output;
+  EXPECT_NE(output.find("| fm | control-genres |"), std::string::npos) << output;
+  EXPECT_NE(output.find("[12/12]"), std::string::npos) << output;  // 2 models x 3 variants x 2 seeds
+  const auto experiment = nlohmann::json::parse(read_file(dir_ / "experiment" / "experiment.json"));
+  EXPECT_EQ(experiment["runs"].size(), 12u);
+  // The preference world's clicks follow each user's favourite category, which the codes carry:
+  // cold users (unknown ids) gain from them.
+  for (const auto& row : experiment["summary"]) {
+    if (row["variant"] == "codes" && row["group"] == "cold" && row["metric"] == "auc") {
+      EXPECT_GT(row["diff_mean"].get<double>(), 0.05) << row.dump();
+    }
+  }
+
+  ASSERT_EQ(run_cli(command, &output), 0) << output;
+  EXPECT_NE(output.find("unchanged, reusing"), std::string::npos) << output;
+  EXPECT_EQ(output.find(": training"), std::string::npos) << output;
+}
+
+}  // namespace
+}  // namespace userip::ctr
