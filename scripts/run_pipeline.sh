@@ -4,9 +4,10 @@
 # project's dataset format with the default split, prints its statistics, pretrains the
 # default LM on the training split (or reuses it, or uses the checkpoint given with --model),
 # fits every training user's profile with the shipped MovieLens template, publishes the codes
-# as a SQLite feature bank, folds in the cold users and explains the codes. The dataset, the LM
-# and the profile fit reuse their outputs when inputs and options are unchanged. The CTR experiment and the report join this script as they
-# land. Outputs go to runs/movielens/ (override with USERIP_RUN_DIR).
+# as a SQLite feature bank, folds in the cold users, explains the codes, runs the CTR experiment
+# (DCN and DeepFM, 3 seeds, configs/ctr.json) and writes the HTML report. Every stage reuses its
+# outputs when its inputs and options are unchanged. Outputs go to runs/movielens/ (override with
+# USERIP_RUN_DIR).
 #
 #   scripts/run_pipeline.sh [--threads N] [--seed S] [--model HF_DIR_OR_GGUF]
 set -euo pipefail
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
     --threads) threads="$2"; shift ;;
     --seed) seed="$2"; shift ;;
     --model) model="$2"; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_pipeline.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -62,6 +63,21 @@ echo "== cold users: fold-in (E-steps only, LM and codebooks frozen)"
 
 echo "== what the codes mean"
 "${userip[@]}" profile explain --profile "$run_dir/profiles" | tee "$run_dir/profiles/explanations.txt"
+"${userip[@]}" --log-level warn profile explain --profile "$run_dir/profiles" --json \
+  > "$run_dir/profiles/explanations.jsonl"
+
+echo "== CTR experiment: base, UserIP codes, UserIP dense profiles and two no-LM controls (unchanged runs are reused)"
+mkdir -p "$run_dir/experiment"
+"${userip[@]}" experiment --dataset "$dataset" --config "$here/configs/ctr.json" \
+  --bank "$run_dir/bank.sqlite" --bank "$run_dir/bank-cold.sqlite" \
+  --profiles "$run_dir/profiles" --profiles "$run_dir/profiles-cold" \
+  --out "$run_dir/experiment" | tee "$run_dir/experiment/table.txt"
+
+echo "== report"
+"${userip[@]}" report --experiment "$run_dir/experiment" --lm "$model" --profiles "$run_dir/profiles" \
+  --explanations "$run_dir/profiles/explanations.jsonl" --out "$run_dir/report.html"
 
 echo
+echo "results table: $run_dir/experiment/results.md"
+echo "report:        $run_dir/report.html"
 echo "outputs in $run_dir"

@@ -31,6 +31,7 @@ packages=(
   libsqlite3-dev sqlite3 libcpp-httplib-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   r-base-core r-cran-dslabs
+  chromium fonts-dejavu-core
 )
 # node runs the independent GPT-2 tokenizer reference in the tests; a machine that already
 # has a node/npm of its own (not from Debian) keeps it.
