@@ -14,6 +14,7 @@
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
 #include "userip/util/progress.h"
+#include "userip/util/threads.h"
 
 namespace userip::ctr {
 
@@ -115,6 +116,7 @@ void restore(torch::nn::Module& model, const std::vector<torch::Tensor>& copies)
 }  // namespace
 
 std::vector<float> predict(CtrModel& model, const Examples& examples, torch::Device device, std::int64_t batch_size) {
+  ScopedSingleThreadedAten thread_policy(device.is_cpu());
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
@@ -132,6 +134,10 @@ std::vector<float> predict(CtrModel& model, const Examples& examples, torch::Dev
 TrainResult train(CtrModel& model, const Examples& train_set, const Examples& valid_set, const TrainConfig& config,
                   const TrainOptions& options) {
   config.validate();
+  // CTR steps are hundreds of tiny ops: with ATen's pool at N threads each becomes a fork/join that
+  // fights OpenBLAS's spinning workers (bench/ctr_bench: 46 ms a step at 2+2 threads, 2.7 ms with
+  // ATen single-threaded, docs/BENCHMARKS.md).
+  ScopedSingleThreadedAten thread_policy(options.device.is_cpu());
   USERIP_CHECK(train_set.size() > 0, "train: no training examples");
   USERIP_CHECK(valid_set.size() > 0, "train: no validation examples (early stopping needs them)");
   torch::manual_seed(config.seed);

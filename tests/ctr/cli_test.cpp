@@ -50,14 +50,7 @@ class CtrCli : public ::testing::Test {
   void SetUp() override {
     dataset_ = (dir_ / "dataset").string();
     testing::preference_dataset().save(dataset_);
-    // A bank for the preference world: the histogram control's codes of every warm and cold user.
-    const data::Dataset d = data::Dataset::load(dataset_);
-    const UserCodeTable control = histogram_control_codes(d, "category", 3, 1);
-    store::BankContents contents;
-    contents.fields = {{"taste", 3}};
-    contents.codebook_fingerprint = "test";
-    for (const auto& [user, codes] : control.codes) contents.users.push_back(user), contents.codes.push_back(codes[0]);
-    store::write_bank(dir_ / "bank.sqlite", contents);
+    testing::write_control_bank(data::Dataset::load(dataset_), 3, dir_ / "bank.sqlite");
     config_ = dir_.write("ctr.json", R"({
       "base": {"train": {"max_epochs": 4, "batch_size": 128, "learning_rate": 0.02}},
       "experiments": {"dcn": {"model": {"kind": "dcn"}}, "fm": {"model": {"kind": "fm"}}},

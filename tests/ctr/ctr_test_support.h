@@ -1,9 +1,13 @@
 #pragma once
 // Small datasets for the CTR tests: a hand-made one whose vocabularies can be counted by eye, and
 // a seeded synthetic world with a split.
+#include <filesystem>
+
+#include "userip/ctr/controls.h"
 #include "userip/data/dataset.h"
 #include "userip/data/split.h"
 #include "userip/data/synth.h"
+#include "userip/store/feature_bank.h"
 #include "userip/util/random.h"
 
 namespace userip::testing {
@@ -92,6 +96,20 @@ inline data::Dataset preference_dataset(std::uint64_t seed = 5) {
   d.split = data::make_split(d, split);
   d.validate();
   return d;
+}
+
+// A stand-in for a UserIP feature bank with real signal: the genre control's codes of every warm
+// and cold user, published as one field "taste" and read back like any bank.
+inline void write_control_bank(const data::Dataset& dataset, std::int64_t codes, const std::filesystem::path& path) {
+  const ctr::UserCodeTable control = ctr::histogram_control_codes(dataset, "", codes, 1);
+  store::BankContents contents;
+  contents.fields = {{"taste", static_cast<std::int32_t>(codes)}};
+  contents.codebook_fingerprint = "test";
+  for (const auto& [user, user_codes] : control.codes) {
+    contents.users.push_back(user);
+    contents.codes.push_back(user_codes[0]);
+  }
+  store::write_bank(path, contents);
 }
 
 }  // namespace userip::testing

@@ -163,13 +163,7 @@ TEST(CtrExperiment, RunsEveryVariantAndSeedComparesWithBaseAndResumes) {
   d.save(dir / "dataset");
   const data::Dataset loaded = data::Dataset::load(dir / "dataset");
 
-  // A "UserIP" bank stand-in: the genre control's codes, written and read like a real bank.
-  const UserCodeTable control = histogram_control_codes(loaded, "", 4, 1);
-  store::BankContents contents;
-  contents.fields = {{"taste", 4}};
-  contents.codebook_fingerprint = "test";
-  for (const auto& [user, codes] : control.codes) contents.users.push_back(user), contents.codes.push_back(codes[0]);
-  store::write_bank(dir / "bank.sqlite", contents);
+  testing::write_control_bank(loaded, 4, dir / "bank.sqlite");
 
   ExperimentInputs inputs;
   inputs.dataset = &loaded;

@@ -21,7 +21,8 @@ int configure_threads(int threads);
 int hardware_threads();
 
 // For the duration of a scope, ATen's intra-op pool runs single-threaded while OpenBLAS keeps its
-// threads. Use it around CPU training loops that go through an LM (pretraining, profile fitting).
+// threads. Use it around CPU training loops: through an LM (pretraining, profile fitting) and of
+// CTR models.
 //
 // Why: ATen's OpenMP pool and OpenBLAS's pthread pool both busy-wait for a while after each
 // parallel call. A training step alternates GEMMs (OpenBLAS threads) with element-wise ops (OpenMP
