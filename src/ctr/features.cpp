@@ -131,6 +131,16 @@ UserCodeTable UserCodeTable::from_banks(const std::vector<std::filesystem::path>
   return merged;
 }
 
+std::string UserCodeTable::fingerprint() const {
+  std::string text;
+  for (const auto& f : fields) text += fmt::format("{}:{};", f.name, f.cardinality);
+  std::vector<const std::pair<const std::string, std::vector<std::int32_t>>*> rows;
+  for (const auto& row : codes) rows.push_back(&row);
+  std::sort(rows.begin(), rows.end(), [](auto* a, auto* b) { return a->first < b->first; });
+  for (const auto* row : rows) text += fmt::format("{}={};", row->first, fmt::join(row->second, ","));
+  return hex64(fnv1a64(text));
+}
+
 UserVectorTable UserVectorTable::from_profile_dirs(const std::vector<std::filesystem::path>& dirs) {
   USERIP_CHECK(!dirs.empty(), "no profile directory given");
   UserVectorTable table;

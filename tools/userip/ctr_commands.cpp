@@ -190,7 +190,7 @@ struct ExperimentCommand {
       for (const auto& v : variants) compare.variants.push_back(ctr::variant_from_string(v));
     }
     inputs.userip = load_tables(sources);
-    for (const auto& path : sources.banks) inputs.userip_fingerprint += fingerprint_file(path);
+    if (inputs.userip.codes) inputs.userip_fingerprint += inputs.userip.codes->fingerprint();
     for (const auto& dir : sources.profile_dirs) inputs.userip_fingerprint += fingerprint_file(dir / "profiles.safetensors");
 
     ctr::ExperimentOptions options;

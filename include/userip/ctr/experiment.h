@@ -45,8 +45,8 @@ struct ExperimentInputs {
   nlohmann::json config = nlohmann::json::object();
   std::string config_path;
   ProfileTables userip;  // codes for the codes variant, vectors for dense
-  // Fingerprints of the files behind `userip` (banks, profile vectors), so a rerun with new
-  // profiles does not reuse old runs.
+  // Fingerprint of what is behind `userip` (the codes, the profile vector files), so a rerun with
+  // new profiles does not reuse old runs.
   std::string userip_fingerprint;
 };
 

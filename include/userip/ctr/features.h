@@ -59,6 +59,9 @@ struct UserCodeTable {
   // names both files. A user present in two banks with different codes is an error.
   static UserCodeTable from_banks(const std::vector<std::filesystem::path>& paths);
   static UserCodeTable from_bank(const store::FeatureBank& bank);
+  // Of the fields and every user's codes, not of the files: a bank republished with the same codes
+  // (a new version, a new creation time) keeps its fingerprint.
+  std::string fingerprint() const;
 };
 
 // Dense profile vectors per user (original id).
