@@ -9,8 +9,6 @@
 namespace userip::ctr {
 namespace {
 
-std::vector<std::uint32_t> users_with_rows(const data::SplitView& view) { return view.users(); }
-
 // Codes of `warm` rows by k-means, and of `cold` rows by the nearest of those centroids.
 UserCodeTable cluster_users(const data::Dataset& dataset, const torch::Tensor& warm, const std::vector<std::uint32_t>& warm_users,
                             const torch::Tensor& cold, const std::vector<std::uint32_t>& cold_users, std::int64_t codes,
@@ -49,8 +47,8 @@ UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::s
   }
   const data::SplitView train = dataset.training_view();
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
-  const auto warm_users = users_with_rows(train);
-  const auto cold_users = users_with_rows(cold);
+  const auto warm_users = train.users();
+  const auto cold_users = cold.users();
   const auto warm_hist = profile::category_histograms(train, warm_users, chosen);
   // Cold users' histograms live in the warm users' columns: the centroids' space.
   const auto cold_hist = profile::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
@@ -63,8 +61,8 @@ UserCodeTable collaborative_control_codes(const data::Dataset& dataset, std::int
   USERIP_CHECK(dim >= 1, "control-cf: the embedding dimension must be at least 1, got {}", dim);
   const data::SplitView train = dataset.training_view();
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
-  const auto warm_users = users_with_rows(train);
-  const auto cold_users = users_with_rows(cold);
+  const auto warm_users = train.users();
+  const auto cold_users = cold.users();
   const auto items = static_cast<std::int64_t>(dataset.num_items());
   const auto rows = static_cast<std::int64_t>(warm_users.size());
   USERIP_CHECK(rows > dim, "control-cf: {} warm users are too few for a rank-{} factorisation", rows, dim);
