@@ -11,6 +11,8 @@ find_package(SQLite3 REQUIRED)
 # libtorch's libprotobuf; its spm_train / spm_encode tools are run as programs instead.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+# serve: cpp-httplib, which Debian ships compiled (libcpp-httplib.so) with its CMake-less .pc file.
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 # libtorch: Debian's CPU build (1.13) by default; a CUDA libtorch 2.x from a PyTorch wheel is
 # picked up with -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)').

@@ -102,10 +102,16 @@ UserCodeTable UserCodeTable::from_bank(const store::FeatureBank& bank) {
 }
 
 UserCodeTable UserCodeTable::from_banks(const std::vector<std::filesystem::path>& paths) {
-  USERIP_CHECK(!paths.empty(), "no feature bank given");
+  std::vector<store::FeatureBank> banks;
+  for (const auto& path : paths) banks.push_back(store::FeatureBank::open(path));
+  return from_banks(banks);
+}
+
+UserCodeTable UserCodeTable::from_banks(const std::vector<store::FeatureBank>& banks) {
+  USERIP_CHECK(!banks.empty(), "no feature bank given");
   UserCodeTable merged;
-  for (const auto& path : paths) {
-    UserCodeTable one = from_bank(store::FeatureBank::open(path));
+  for (const auto& bank : banks) {
+    UserCodeTable one = from_bank(bank);
     if (merged.source.empty()) {
       merged = std::move(one);
       continue;
@@ -119,14 +125,14 @@ UserCodeTable UserCodeTable::from_banks(const std::vector<std::filesystem::path>
     for (std::size_t f = 0; same && f < one.fields.size(); ++f) {
       same = one.fields[f].name == merged.fields[f].name && one.fields[f].cardinality == merged.fields[f].cardinality;
     }
-    USERIP_CHECK(same, "feature banks {} and {} have different fields: [{}] vs [{}]", merged.source, path.string(),
+    USERIP_CHECK(same, "feature banks {} and {} have different fields: [{}] vs [{}]", merged.source, bank.path().string(),
                  describe(merged.fields), describe(one.fields));
     for (auto& [user, codes] : one.codes) {
       auto [it, inserted] = merged.codes.emplace(user, codes);
       USERIP_CHECK(inserted || it->second == codes, "user '{}' has different codes in feature banks {} and {}", user,
-                   merged.source, path.string());
+                   merged.source, bank.path().string());
     }
-    merged.source += "," + path.string();
+    merged.source += "," + bank.path().string();
   }
   return merged;
 }

@@ -22,6 +22,7 @@
 #include <fstream>
 #include <memory>
 
+#include "profile/profile_world.h"
 #include "support/temp_dir.h"
 #include "text/text_test_support.h"
 #include "userip/data/split.h"
@@ -41,84 +42,13 @@ namespace {
 namespace fs = std::filesystem;
 using userip::testing::TempDir;
 
-// One world and one LM for the whole suite: pretraining is the expensive part.
-struct World {
-  fs::path dir;
-  fs::path lm_dir;
-  data::Dataset dataset;
-  data::SynthGroundTruth truth;
-  std::unique_ptr<lm::CausalLM> model;
-  std::unique_ptr<text::Tokenizer> tokenizer;
-  std::unique_ptr<ProfileTemplate> tmpl;
-
-  FitInputs inputs() const {
-    FitInputs in;
-    in.dataset = &dataset;
-    in.model = model.get();
-    in.tokenizer = tokenizer.get();
-    in.profile_template = tmpl.get();
-    return in;
-  }
-};
-
+using World = testing::ProfileWorld;
 World* g_world = nullptr;
-
 
 class ProfileFit : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (g_world || testing::text::find_program("spm_train").empty()) return;
-    auto w = std::make_unique<World>();
-    w->dir = fs::temp_directory_path() / ("userip-profile-fit-" + std::to_string(::getpid()));
-    fs::remove_all(w->dir);
-    data::SynthOptions so;
-    so.users = 120;
-    so.items = 300;
-    so.taste_classes = 4;
-    so.background_classes = 3;
-    so.categories = 8;
-    so.mean_interactions = 20;
-    so.seed = 5;
-    so.show_progress = false;
-    auto world = data::generate_synthetic(so);
-    data::SplitConfig split;
-    split.seed = 5;
-    world.dataset.split = data::make_split(world.dataset, split);
-    w->dataset = std::move(world.dataset);
-    w->truth = world.truth;
-
-    auto corpus_options = text::default_corpus_options(w->dataset);
-    auto corpus = text::build_corpus(w->dataset, corpus_options);
-    lm::PretrainOptions po;
-    po.hidden_size = 48;
-    po.num_layers = 2;
-    po.num_heads = 2;
-    po.intermediate_size = 128;
-    po.vocab_size = 400;
-    po.context = 128;
-    po.steps = 60;
-    po.batch_sequences = 16;
-    po.learning_rate = 5e-3;
-    po.warmup_steps = 10;
-    po.eval_every = 60;
-    po.checkpoint_every = 60;
-    po.show_progress = false;
-    po.seed = 3;
-    // ctest runs every test in its own process: the tiny LM is trained once into a shared folder
-    // and reused by the others (pretrain_lm reuses a finished model of the same corpus and options;
-    // the lock keeps two parallel test processes from training into it at once).
-    w->lm_dir = fs::temp_directory_path() / "userip-test-profile-fit-lm";
-    {
-      const int lock = ::open((fs::temp_directory_path() / "userip-test-profile-fit-lm.lock").c_str(), O_CREAT | O_RDWR, 0644);
-      if (lock >= 0) ::flock(lock, LOCK_EX);
-      lm::pretrain_lm(corpus, po, w->lm_dir);
-      if (lock >= 0) ::close(lock);
-    }
-    w->model = std::make_unique<lm::CausalLM>(lm::load_model(w->lm_dir));
-    w->tokenizer = lm::load_model_tokenizer(w->lm_dir);
-    w->tmpl = std::make_unique<ProfileTemplate>(
-        ProfileTemplate::load(fs::path(USERIP_SOURCE_DIR) / "templates" / "synthetic.json", w->dataset));
-    g_world = w.release();
+    if (!g_world) g_world = testing::make_profile_world().release();
   }
   static void TearDownTestSuite() {
     if (!g_world) return;

@@ -24,5 +24,6 @@ void add_bank_commands(CLI::App& app, GlobalOptions& global);
 void add_profile_commands(CLI::App& app, GlobalOptions& global);
 void add_ctr_commands(CLI::App& app, GlobalOptions& global);
 void add_report_commands(CLI::App& app, GlobalOptions& global);
+void add_serve_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace userip::cli

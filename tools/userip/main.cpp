@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   cli::add_bank_commands(app, global);
   cli::add_ctr_commands(app, global);
   cli::add_report_commands(app, global);
+  cli::add_serve_commands(app, global);
 
   try {
     app.parse(argc, argv);

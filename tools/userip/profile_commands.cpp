@@ -12,6 +12,7 @@
 #include "userip/profile/explain.h"
 #include "userip/profile/fit.h"
 #include "userip/profile/recovery.h"
+#include "userip/profile/session.h"
 #include "userip/data/synth.h"
 #include "userip/store/feature_bank.h"
 #include "userip/util/error.h"
@@ -38,14 +39,6 @@ profile::ProfileTemplate load_template(const std::filesystem::path& file, const 
     for (auto& a : j["attributes"]) a["soft_tokens"] = soft_tokens;
   return profile::ProfileTemplate::parse(j.dump(2), fmt::format("{} (with --soft-tokens {})", path.string(), soft_tokens),
                                          dataset);
-}
-
-profile::ProfileTemplate recorded_template(const nlohmann::json& record, const data::Dataset& dataset,
-                                           const std::string& source) {
-  USERIP_CHECK(record.contains("template") && record["template"].is_object(), "{}: no \"template\" object", source);
-  nlohmann::json t = record["template"];
-  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) t.erase(derived);
-  return profile::ProfileTemplate::parse(t.dump(2), source + " (template)", dataset);
 }
 
 struct FitCommand {
@@ -82,56 +75,14 @@ void write_bank_of(const profile::Profiles& profiles, const nlohmann::json& reco
                            contents.users.size(), contents.fields.size());
 }
 
-// What the later commands need from a finished fit.
-struct LoadedFit {
-  data::Dataset dataset;
-  std::unique_ptr<lm::CausalLM> model;
-  std::unique_ptr<text::Tokenizer> tokenizer;
-  std::unique_ptr<profile::ProfileTemplate> profile_template;
-  profile::SavedFit fit;
-  profile::FitInputs inputs() const {
-    profile::FitInputs in;
-    in.dataset = &dataset;
-    in.model = model.get();
-    in.tokenizer = tokenizer.get();
-    in.profile_template = profile_template.get();
-    return in;
-  }
-};
-
-LoadedFit load_fit_dir(const std::filesystem::path& dir, const std::filesystem::path& dataset_dir, ModelOptions model) {
-  LoadedFit f;
-  const auto record_file = dir / "profile.json";
-  USERIP_CHECK(std::filesystem::exists(record_file), "{}: not a profile directory (no profile.json; run `userip profile fit`)",
-               dir.string());
-  nlohmann::json record;
-  try {
-    record = nlohmann::json::parse(read_file(record_file));
-  } catch (const nlohmann::json::parse_error& e) {
-    fail("{}: malformed JSON: {}", record_file.string(), e.what());
-  }
-  std::filesystem::path dataset_path = dataset_dir;
-  if (dataset_path.empty()) {
-    USERIP_CHECK(record.contains("dataset") && record["dataset"].is_string() && !record["dataset"].get<std::string>().empty(),
-                 "{}: records no dataset; give --dataset", record_file.string());
-    dataset_path = record["dataset"].get<std::string>();
-  }
-  f.dataset = data::Dataset::load(dataset_path);
-  if (model.model.empty()) {
-    USERIP_CHECK(record.contains("model") && record["model"].contains("path"), "{}: records no model; give --model",
-                 record_file.string());
-    model.model = record["model"]["path"].get<std::string>();
-  }
-  f.model = std::make_unique<lm::CausalLM>(load(model));
-  const std::string expected = record.value("model_fingerprint", "");
-  if (!expected.empty() && f.model->fingerprint() != expected)
-    spdlog::warn("{}: the model differs from the one the profiles were fitted with (fingerprint {} vs {})",
-                 model.model.string(), f.model->fingerprint(), expected);
-  f.tokenizer = lm::load_model_tokenizer(model.model);
-  f.profile_template = std::make_unique<profile::ProfileTemplate>(recorded_template(record, f.dataset, record_file.string()));
-  f.fit = profile::load_fit(dir, f.dataset, *f.profile_template);
-  f.fit.options.device = device_of(model.device);
-  return f;
+profile::FitSession load_fit_dir(const std::filesystem::path& dir, const std::filesystem::path& dataset_dir,
+                                 const ModelOptions& model) {
+  profile::SessionOptions options;
+  options.dataset = dataset_dir;
+  options.model = model.model;
+  options.dtype = dtype_of(model.dtype);
+  options.device = device_of(model.device);
+  return profile::open_fit_session(dir, options);
 }
 
 }  // namespace

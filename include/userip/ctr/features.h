@@ -58,6 +58,7 @@ struct UserCodeTable {
   // Merges banks; every bank must have the same fields (names and cardinalities), else an error
   // names both files. A user present in two banks with different codes is an error.
   static UserCodeTable from_banks(const std::vector<std::filesystem::path>& paths);
+  static UserCodeTable from_banks(const std::vector<store::FeatureBank>& banks);
   static UserCodeTable from_bank(const store::FeatureBank& bank);
   // Of the fields and every user's codes, not of the files: a bank republished with the same codes
   // (a new version, a new creation time) keeps its fingerprint.

@@ -1,0 +1,105 @@
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+
+#include "commands.h"
+#include "model_options.h"
+#include "userip/serve/server.h"
+#include "userip/util/error.h"
+#include "userip/util/fs.h"
+#include "userip/util/strings.h"
+#include "userip/util/threads.h"
+
+namespace userip::cli {
+
+namespace {
+
+struct ServeCommand {
+  serve::StateSource source;
+  serve::ServerOptions server;
+  std::filesystem::path admin_token_file;
+  std::filesystem::path lm;
+  std::filesystem::path profile;
+  int fold_in_rounds = 0;
+};
+
+constexpr const char* kTokenEnv = "USERIP_ADMIN_TOKEN";
+
+std::string admin_token(const ServeCommand& c) {
+  if (!c.admin_token_file.empty()) {
+    std::string token = read_file(c.admin_token_file);
+    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+    USERIP_CHECK(!token.empty(), "{}: the admin token file is empty", c.admin_token_file.string());
+    return token;
+  }
+  const char* env = std::getenv(kTokenEnv);
+  return env ? std::string(env) : std::string();
+}
+
+}  // namespace
+
+void add_serve_commands(CLI::App& app, GlobalOptions& /*global*/) {
+  auto* cmd = app.add_subcommand(
+      "serve",
+      "HTTP scoring service over a trained CTR model and the feature bank: scores, profiles with their "
+      "explanations, Prometheus metrics, hot reload on SIGHUP or POST /admin/reload, graceful shutdown on SIGTERM. "
+      "No LLM on the request path unless --lm enables the fold-in endpoint (docs/SERVING.md)");
+  auto c = std::make_shared<ServeCommand>();
+  cmd->add_option("--model", c->source.model, "`userip ctr train` output directory")->required();
+  cmd->add_option("--bank", c->source.banks,
+                  "Feature bank (repeatable: e.g. the fitted users' and the folded-in users' banks); needed by a model "
+                  "trained with profile codes");
+  cmd->add_option("--explanations", c->source.explanations,
+                  "JSON lines of `userip profile explain --json`, returned with each profile");
+  cmd->add_option("--host", c->server.host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", c->server.port, "Port (0 = any free port; the chosen one is printed)")->capture_default_str();
+  cmd->add_option("--workers", c->server.workers,
+                  "Worker threads; each keep-alive connection holds one while it is open, so give at least as many "
+                  "as concurrent clients")
+      ->capture_default_str();
+  cmd->add_option("--keep-alive", c->server.keep_alive_seconds, "Seconds an idle keep-alive connection is kept")
+      ->capture_default_str();
+  cmd->add_option("--max-items", c->server.limits.max_items, "Most candidate items per scored user")->capture_default_str();
+  cmd->add_option("--max-batch-users", c->server.limits.max_batch_users, "Most users per /v1/score:batch request")
+      ->capture_default_str();
+  cmd->add_option("--max-body-bytes", c->server.limits.max_body_bytes, "Largest request body (larger: 413)")
+      ->capture_default_str();
+  cmd->add_option("--admin-token-file", c->admin_token_file,
+                  fmt::format("File holding the token of POST /admin/reload (default: the {} environment variable; "
+                              "neither = admin endpoints off)",
+                              kTokenEnv));
+  cmd->add_option("--lm", c->lm,
+                  "Language model: enables POST /v1/users/{id}/profile:infer (fold-in through the LM; off by default)");
+  cmd->add_option("--profile", c->profile, "`userip profile fit` output directory the fold-in endpoint uses (with --lm)");
+  cmd->add_option("--fold-in-rounds", c->fold_in_rounds, "E-step rounds of a fold-in (0 = as many as the fit had)")
+      ->capture_default_str();
+  on_run(cmd, [c] {
+    USERIP_CHECK(c->lm.empty() == c->profile.empty(), "--lm and --profile go together (the fold-in endpoint needs both)");
+    USERIP_CHECK(c->fold_in_rounds >= 0, "--fold-in-rounds {} must be >= 0", c->fold_in_rounds);
+    c->server.admin_token = admin_token(*c);
+    c->server.validate();
+    // Each request runs single-threaded; concurrency comes from the workers, so ATen and OpenBLAS
+    // pools would only oversubscribe the cores.
+    configure_threads(1);
+    std::unique_ptr<serve::FoldIn> fold_in;
+    if (!c->lm.empty()) {
+      profile::SessionOptions options;
+      options.model = c->lm;
+      fold_in = std::make_unique<serve::FoldIn>(c->profile, options, c->fold_in_rounds);
+    }
+    serve::Server server(c->source, c->server, std::move(fold_in));
+    const int port = server.bind();
+    spdlog::info("serving {} ({})", c->source.model.string(), server.state()->describe().dump());
+    spdlog::info("admin endpoints {}; fold-in endpoint {}", c->server.admin_token.empty() ? "off" : "on",
+                 c->lm.empty() ? "off" : "on");
+    // The line scripts wait for (stdout, flushed): the port, also when --port 0 chose it.
+    std::cout << fmt::format("listening on http://{}:{}", c->server.host, port) << std::endl;
+    serve::serve_until_terminated(server);
+    std::cout << "stopped" << std::endl;
+  });
+}
+
+}  // namespace userip::cli
