@@ -5,7 +5,8 @@
 # default LM on the training split (or reuses it, or uses the checkpoint given with --model),
 # fits every training user's profile with the shipped MovieLens template, publishes the codes
 # as a SQLite feature bank, folds in the cold users, explains the codes, runs the CTR experiment
-# (DCN and DeepFM, 3 seeds, configs/ctr.json) and writes the HTML report. Every stage reuses its
+# (DCN and DeepFM, 3 seeds, configs/ctr.json), writes the HTML report and trains the DCN with
+# profile codes that `userip serve` serves (printing the command). Every stage reuses its
 # outputs when its inputs and options are unchanged. Outputs go to runs/movielens/ (override with
 # USERIP_RUN_DIR).
 #
@@ -77,7 +78,19 @@ echo "== report"
 "${userip[@]}" report --experiment "$run_dir/experiment" --lm "$model" --profiles "$run_dir/profiles" \
   --explanations "$run_dir/profiles/explanations.jsonl" --out "$run_dir/report.html"
 
+echo "== the model to serve: DCN with the profile codes (retrained when the dataset or a bank changed)"
+serving="$run_dir/serving/dcn-codes"
+if [[ -f "$serving/ctr_model.json" && "$serving/ctr_model.json" -nt "$run_dir/bank.sqlite" &&
+      "$serving/ctr_model.json" -nt "$run_dir/bank-cold.sqlite" && "$serving/ctr_model.json" -nt "$dataset/manifest.json" ]]; then
+  echo "$serving: up to date; reusing it"
+else
+  "${userip[@]}" --log-level warn ctr train --dataset "$dataset" --config "$here/configs/ctr.json" --kind dcn \
+    --seed "$seed" --bank "$run_dir/bank.sqlite" --bank "$run_dir/bank-cold.sqlite" --out "$serving"
+fi
+
 echo
 echo "results table: $run_dir/experiment/results.md"
 echo "report:        $run_dir/report.html"
 echo "outputs in $run_dir"
+echo "serve it:      $here/build/bin/userip serve --model $serving --bank $run_dir/bank.sqlite \\
+                 --bank $run_dir/bank-cold.sqlite --explanations $run_dir/profiles/explanations.jsonl"

@@ -32,6 +32,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   r-base-core r-cran-dslabs
   chromium fonts-dejavu-core
+  wrk curl
 )
 # node runs the independent GPT-2 tokenizer reference in the tests; a machine that already
 # has a node/npm of its own (not from Debian) keeps it.
