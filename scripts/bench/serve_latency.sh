@@ -7,7 +7,12 @@
 #
 #   scripts/bench/serve_latency.sh [--run-dir DIR] [--out DIR] [--duration S] [--rates "R1 R2 ..."]
 #                                  [--connections C] [--workers W] [--candidates "1 100"] [--fold-in]
-#                                  [--userip PATH]
+#                                  [--userip PATH] [--compare R]
+#
+# --compare R: instead of the sweep, run the base and codes servers side by side (two ports) and
+# alternate 100-candidate measurements at 1,000 requests/s between them R times, then print the
+# median p50 and p99 of each and their ratio: what the profile lookup (and the code fields in the
+# model) add to base scoring, with the machine's drift shared by both.
 #
 # --run-dir (default runs/movielens) is a main-job output: dataset/, bank.sqlite, bank-cold.sqlite,
 # lm/ and profiles/. The two models are trained once into --out (default /tmp/userip-serve-bench;
@@ -20,9 +25,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 USERIP="${USERIP:-$root/build/bin/userip}"
 run_dir="$root/runs/movielens" out=/tmp/userip-serve-bench duration=20 rates="200 500 1000"
-connections=16 workers=32 candidates="1 100" fold_in=0
+connections=16 workers=32 candidates="1 100" fold_in=0 compare=0
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --run-dir) run_dir="$2"; shift 2 ;;
@@ -33,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --workers) workers="$2"; shift 2 ;;
     --candidates) candidates="$2"; shift 2 ;;
     --fold-in) fold_in=1; shift ;;
+    --compare) compare="$2"; shift 2 ;;
     --userip) USERIP="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -106,6 +112,25 @@ measure() {  # model, route, candidates, rate (0 = saturation), connections
   [[ "$rate" == 0 ]] && offered=saturation
   echo -e "$(date -u +%FT%TZ)\t$model\t$route\t$n\t$offered\t$c\t$values" | tee -a "$results"
 }
+
+if [[ "$compare" -gt 0 ]]; then
+  start_server --model "$out/base"; base_pid=$server_pid
+  port=$((port + 1)); start_server --model "$out/codes" "${banks[@]}"; codes_pid=$server_pid
+  base_port=$((port - 1)) codes_port=$port
+  for r in $(seq 1 "$compare"); do
+    port=$base_port; measure base /v1/score 100 1000 "$connections"
+    port=$codes_port; measure codes /v1/score 100 1000 "$connections"
+  done | tee "$out/compare.tsv"
+  kill -TERM "$base_pid" "$codes_pid"; wait "$base_pid" "$codes_pid"; server_pid=""
+  awk -F'\t' '{ p50[$2] = p50[$2] " " $8; p99[$2] = p99[$2] " " $10 }
+    function median(list,   a, n, i, j, t) { n = split(list, a, " ");
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
+      return (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+    END { b50 = median(p50["base"]); c50 = median(p50["codes"]); b99 = median(p99["base"]); c99 = median(p99["codes"]);
+      printf "median of %d pairs: base p50 %.3f ms p99 %.3f ms; codes p50 %.3f ms p99 %.3f ms; codes/base p50 %.3f, p99 %.3f\n",
+        split(p50["base"], x, " "), b50, b99, c50, c99, c50 / b50, c99 / b99 }' "$out/compare.tsv"
+  exit 0
+fi
 
 for model in base codes; do
   if [[ "$model" == codes ]]; then start_server --model "$out/codes" "${banks[@]}"; else start_server --model "$out/base"; fi
