@@ -84,6 +84,13 @@ std::string Metrics::render(const StateGauges& state, std::int64_t in_flight) co
     out += fmt::format("{}_sum{} {}\n{}_count{} {}\n", name, braces, h.sum, name, braces, h.count);
   };
 
+  // One metric without labels: its HELP and TYPE lines and its value.
+  auto single = [&](const char* name, const char* type, const char* help, const std::string& value) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n{} {}\n", name, help, name, type, name, value);
+  };
+  auto counter = [&](const char* name, const char* help, std::int64_t value) {
+    single(name, "counter", help, std::to_string(value));
+  };
   out += "# HELP userip_http_requests_total HTTP requests by route and status code.\n";
   out += "# TYPE userip_http_requests_total counter\n";
   for (const auto& [key, n] : requests_)
@@ -94,13 +101,8 @@ std::string Metrics::render(const StateGauges& state, std::int64_t in_flight) co
   for (const auto& [route, h] : latency_)
     histogram("userip_http_request_duration_seconds", fmt::format("route=\"{}\"", label(route)), h);
 
-  out += "# HELP userip_http_requests_in_flight Requests being handled now.\n";
-  out += "# TYPE userip_http_requests_in_flight gauge\n";
-  out += fmt::format("userip_http_requests_in_flight {}\n", in_flight);
+  single("userip_http_requests_in_flight", "gauge", "Requests being handled now.", std::to_string(in_flight));
 
-  auto counter = [&](const char* name, const char* help, std::int64_t value) {
-    out += fmt::format("# HELP {} {}\n# TYPE {} counter\n{} {}\n", name, help, name, name, value);
-  };
   counter("userip_scored_users_total", "Users scored (one per candidate list).", scoring_.users);
   counter("userip_unknown_users_total", "Scored users absent from the feature bank (profile codes to OOV).",
           scoring_.unknown_users);
@@ -108,10 +110,10 @@ std::string Metrics::render(const StateGauges& state, std::int64_t in_flight) co
   counter("userip_scored_items_total", "Candidate items scored.", scoring_.items);
   counter("userip_unknown_items_total", "Candidate items absent from the model's item catalogue.",
           scoring_.unknown_items);
-  out += "# HELP userip_unknown_user_ratio Share of scored users absent from the feature bank, since start.\n";
-  out += "# TYPE userip_unknown_user_ratio gauge\n";
-  out += fmt::format("userip_unknown_user_ratio {}\n",
-                     scoring_.users > 0 ? static_cast<double>(scoring_.unknown_users) / static_cast<double>(scoring_.users) : 0.0);
+  single("userip_unknown_user_ratio", "gauge", "Share of scored users absent from the feature bank, since start.",
+         fmt::format("{}", scoring_.users > 0 ? static_cast<double>(scoring_.unknown_users) /
+                                                    static_cast<double>(scoring_.users)
+                                              : 0.0));
 
   out += "# HELP userip_reloads_total Hot reloads of the feature bank and model, by result.\n";
   out += "# TYPE userip_reloads_total counter\n";
@@ -122,18 +124,13 @@ std::string Metrics::render(const StateGauges& state, std::int64_t in_flight) co
   out += "# TYPE userip_fold_in_duration_seconds histogram\n";
   histogram("userip_fold_in_duration_seconds", "", fold_in_);
 
-  out += "# HELP userip_feature_bank_version Version of the feature bank serving now (-1 = none).\n";
-  out += "# TYPE userip_feature_bank_version gauge\n";
-  out += fmt::format("userip_feature_bank_version {}\n", state.bank_version);
-  out += "# HELP userip_feature_bank_users Users in the feature bank serving now.\n";
-  out += "# TYPE userip_feature_bank_users gauge\n";
-  out += fmt::format("userip_feature_bank_users {}\n", state.bank_users);
-  out += "# HELP userip_state_generation Loaded state: 1 at start, +1 per successful reload.\n";
-  out += "# TYPE userip_state_generation gauge\n";
-  out += fmt::format("userip_state_generation {}\n", state.generation);
-  out += "# HELP userip_state_loaded_timestamp_seconds When the serving state was loaded (Unix time).\n";
-  out += "# TYPE userip_state_loaded_timestamp_seconds gauge\n";
-  out += fmt::format("userip_state_loaded_timestamp_seconds {:.3f}\n", state.loaded_at_unix);
+  single("userip_feature_bank_version", "gauge", "Version of the feature bank serving now (-1 = none).",
+         std::to_string(state.bank_version));
+  single("userip_feature_bank_users", "gauge", "Users in the feature bank serving now.", std::to_string(state.bank_users));
+  single("userip_state_generation", "gauge", "Loaded state: 1 at start, +1 per successful reload.",
+         std::to_string(state.generation));
+  single("userip_state_loaded_timestamp_seconds", "gauge", "When the serving state was loaded (Unix time).",
+         fmt::format("{:.3f}", state.loaded_at_unix));
   out += "# HELP userip_model_info The model and bank serving now (value is always 1).\n";
   out += "# TYPE userip_model_info gauge\n";
   out += fmt::format("userip_model_info{{model=\"{}\",model_fingerprint=\"{}\",bank_fingerprint=\"{}\"}} 1\n",

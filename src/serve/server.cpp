@@ -34,9 +34,15 @@ std::string route_of(const std::string& method, const std::string& path) {
   return "other";
 }
 
-// The request's start, set when routing begins and read by the logger on the same worker thread.
+// The request's start, set when routing begins, and whether an API handler has already counted it;
+// both live on the worker thread that serves the request.
 thread_local Clock::time_point request_start{};
 thread_local bool request_timed = false;
+thread_local bool request_counted = false;
+
+double seconds_since_start() {
+  return request_timed ? std::chrono::duration<double>(Clock::now() - request_start).count() : 0.0;
+}
 
 void send_json(httplib::Response& res, int status, const nlohmann::json& body) {
   res.status = status;
@@ -134,10 +140,13 @@ void Server::install_routes() {
     request_timed = true;
     return httplib::Server::HandlerResponse::Unhandled;
   });
+  // API handlers count their requests before the response is sent, so that a client that reads
+  // /metrics right after a response sees it counted; the logger (called after sending) counts the
+  // rest: unknown routes, bodies over the limit, malformed HTTP.
   svr.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
-    const double seconds = request_timed ? std::chrono::duration<double>(Clock::now() - request_start).count() : 0.0;
+    if (!request_counted) metrics_.record_request(route_of(req.method, req.path), res.status, seconds_since_start());
+    request_counted = false;
     request_timed = false;
-    metrics_.record_request(route_of(req.method, req.path), res.status, seconds);
   });
   // Bodies for the errors the HTTP layer produces itself (unknown route, body too large, ...).
   svr.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
@@ -173,6 +182,8 @@ void Server::install_routes() {
         spdlog::error("{} {}: {}", req.method, req.path, e.what());
         send_error(res, 500, std::string("internal error: ") + e.what());
       }
+      metrics_.record_request(route_of(req.method, req.path), res.status, seconds_since_start());
+      request_counted = true;
       in_flight_.fetch_sub(1);
     };
   };

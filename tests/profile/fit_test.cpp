@@ -61,17 +61,7 @@ class ProfileFit : public ::testing::Test {
     if (!g_world) GTEST_SKIP() << "spm_train not installed (Debian package sentencepiece)";
   }
 
-  static FitOptions small_options() {
-    FitOptions o;
-    o.codes = 4;  // the world has 4 taste classes
-    o.codes_per_attribute["background"] = 3;
-    o.rounds = 2;
-    o.samples.samples_per_user = 2;
-    o.population_steps = 4;
-    o.show_progress = false;
-    o.max_eval_users = 30;
-    return o;
-  }
+  static FitOptions small_options() { return testing::small_fit_options(); }
 };
 
 

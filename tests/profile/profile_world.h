@@ -43,6 +43,19 @@ struct ProfileWorld {
   }
 };
 
+// Fit options small enough for a test on this world: 2 rounds, 2 samples per user.
+inline profile::FitOptions small_fit_options() {
+  profile::FitOptions o;
+  o.codes = 4;  // the world has 4 taste classes
+  o.codes_per_attribute["background"] = 3;
+  o.rounds = 2;
+  o.samples.samples_per_user = 2;
+  o.population_steps = 4;
+  o.show_progress = false;
+  o.max_eval_users = 30;
+  return o;
+}
+
 // nullptr when spm_train (Debian package sentencepiece) is not installed.
 inline std::unique_ptr<ProfileWorld> make_profile_world() {
   namespace fs = std::filesystem;

@@ -20,15 +20,7 @@ TEST(ServeFoldIn, EndpointGivesTheCodesOfTheProfileEnginesFoldIn) {
   auto in = world->inputs();
   in.dataset_path = (dir / "data").string();
   in.model_path = world->lm_dir.string();
-  profile::FitOptions options;
-  options.codes = 4;
-  options.codes_per_attribute["background"] = 3;
-  options.rounds = 2;
-  options.samples.samples_per_user = 2;
-  options.population_steps = 4;
-  options.show_progress = false;
-  options.max_eval_users = 10;
-  profile::fit_profiles(in, options, dir / "fit");
+  profile::fit_profiles(in, testing::small_fit_options(), dir / "fit");
 
   // A cold user's fold-in history, sent as a new user, with one item the catalogue lacks.
   const auto history = world->dataset.view({data::SplitPart::cold_history});

@@ -53,6 +53,15 @@ struct ServeWorld {
     return *world;
   }
 
+  // The codes model reading a copy of the bank in `dir` (dir/bank.sqlite), for tests that
+  // republish the bank while a server reads it.
+  serve::StateSource source_with_bank_copy(const std::filesystem::path& dir) const {
+    std::filesystem::copy_file(bank, dir / "bank.sqlite");
+    auto s = source();
+    s.banks = {dir / "bank.sqlite"};
+    return s;
+  }
+
   serve::StateSource source(bool with_codes = true) const {
     serve::StateSource s;
     s.model = with_codes ? codes_model : base_model;

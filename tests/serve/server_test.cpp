@@ -156,6 +156,9 @@ TEST(ServeServer, EveryErrorPathIsA4xxWithAMessage) {
   EXPECT_EQ(status, 200);
   EXPECT_EQ(running.server().metrics().requests("POST /v1/score", 500), 0);
   EXPECT_EQ(running.server().metrics().requests("POST /v1/score", 400), 5);
+  // The HTTP layer's own answers (the 413) are counted just after they are sent.
+  for (int i = 0; i < 200 && running.server().metrics().requests("POST /v1/score", 413) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   EXPECT_EQ(running.server().metrics().requests("POST /v1/score", 413), 1);
 }
 
@@ -189,9 +192,7 @@ TEST(ServeServer, HealthReadinessAndMetrics) {
 TEST(ServeServer, AdminReloadNeedsTheTokenAndKeepsTheOldVersionOnFailure) {
   const auto& world = ServeWorld::get();
   testing::TempDir dir;
-  std::filesystem::copy_file(world.bank, dir / "bank.sqlite");
-  auto source = world.source();
-  source.banks = {dir / "bank.sqlite"};
+  const auto source = world.source_with_bank_copy(dir.path());
   ServerOptions options;
   options.admin_token = "s3cret-token";
   RunningServer running(source, options);
@@ -236,9 +237,7 @@ TEST(ServeServer, AdminReloadNeedsTheTokenAndKeepsTheOldVersionOnFailure) {
 TEST(ServeServer, HotReloadUnderConcurrentLoadFailsNoRequest) {
   const auto& world = ServeWorld::get();
   testing::TempDir dir;
-  std::filesystem::copy_file(world.bank, dir / "bank.sqlite");
-  auto source = world.source();
-  source.banks = {dir / "bank.sqlite"};
+  const auto source = world.source_with_bank_copy(dir.path());
   RunningServer running(source);
   std::atomic<bool> done{false};
   std::atomic<std::int64_t> ok{0}, failed{0};
