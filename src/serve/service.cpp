@@ -183,6 +183,9 @@ FoldIn::FoldIn(const std::filesystem::path& profile_dir, const profile::SessionO
   USERIP_CHECK(session_.fit.profiles.has_codes(), "{}: these profiles have no codebooks, so fold-in gives no codes",
                profile_dir.string());
   fields_ = session_.fit.profiles.field_names();
+  // Dataset builds its id index on first use; build it now, before requests look items up from
+  // several threads at once.
+  (void)session_.dataset.find_item("");
   catalogue_.item_ids = session_.dataset.item_ids;
   catalogue_.item_fields = session_.dataset.item_fields;
   catalogue_.label_kind = session_.dataset.label_kind;
