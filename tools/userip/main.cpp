@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "userip/util/allocator.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
 #include "userip/util/threads.h"
@@ -52,6 +53,7 @@ int main(int argc, char** argv) {
 
   try {
     log_init(global.log_level);
+    configure_allocator();
     int threads = configure_threads(global.threads);
     BlasInfo blas = detect_blas();
     if (!blas.is_openblas) {
