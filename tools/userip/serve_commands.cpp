@@ -58,7 +58,7 @@ void add_serve_commands(CLI::App& app, GlobalOptions& /*global*/) {
   cmd->add_option("--port", c->server.port, "Port (0 = any free port; the chosen one is printed)")->capture_default_str();
   cmd->add_option("--workers", c->server.workers,
                   "Worker threads; each keep-alive connection holds one while it is open, so give at least as many "
-                  "as concurrent clients")
+                  "as concurrent clients. Each request runs single-threaded (the global --threads does not apply)")
       ->capture_default_str();
   cmd->add_option("--keep-alive", c->server.keep_alive_seconds, "Seconds an idle keep-alive connection is kept")
       ->capture_default_str();
