@@ -269,11 +269,15 @@ std::string Profiles::codebook_fingerprint() const {
   return hex64(h);
 }
 
+std::string code_field_name(const std::string& attribute, int level) {
+  return level == 0 ? attribute : fmt::format("{}.{}", attribute, level + 1);
+}
+
 std::vector<std::string> Profiles::field_names() const {
   std::vector<std::string> names;
   for (std::size_t a = 0; a < attributes.size() && a < codebooks.size(); ++a) {
     for (int r = 0; r < codebooks[a].levels(); ++r)
-      names.push_back(r == 0 ? attributes[a].name : fmt::format("{}.{}", attributes[a].name, r + 1));
+      names.push_back(code_field_name(attributes[a].name, r));
   }
   return names;
 }

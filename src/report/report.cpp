@@ -11,6 +11,7 @@
 
 #include "report/inputs.h"
 #include "report/page.h"
+#include "userip/profile/fit.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/strings.h"
@@ -145,11 +146,6 @@ const AttributeRound* find_attribute(const EmRound& round, const std::string& na
   return nullptr;
 }
 
-// The codes.csv field name of an attribute's codebook level (1-based).
-std::string field_name(const std::string& attribute, std::size_t level) {
-  return level == 1 ? attribute : fmt::format("{}.{}", attribute, level);
-}
-
 std::string em_section(const fs::path& log_file, const std::vector<EmRound>& rounds, Page& page) {
   const auto names = attribute_names(rounds);
   Json train = Json::array(), valid = Json::array();
@@ -180,7 +176,7 @@ std::string em_section(const fs::path& log_file, const std::vector<EmRound>& rou
         perplexity.push_back(
             {r.round, a && level < a->code_perplexity.size() ? or_null(a->code_perplexity[level]) : Json(nullptr)});
       }
-      usage.push_back({{"name", field_name(name, level + 1)}, {"points", perplexity}});
+      usage.push_back({{"name", profile::code_field_name(name, static_cast<int>(level))}, {"points", perplexity}});
     }
   }
 

@@ -19,12 +19,6 @@ double unix_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-// Field name of an attribute's level as the bank and the encoder name it: level 1 is the attribute's
-// name, deeper levels get ".2", ".3" (profile::Profiles::field_names).
-std::string field_name(const std::string& attribute, int level_one_based) {
-  return level_one_based == 1 ? attribute : fmt::format("{}.{}", attribute, level_one_based);
-}
-
 std::map<std::string, std::vector<nlohmann::json>> read_explanations(const std::filesystem::path& path) {
   std::map<std::string, std::vector<nlohmann::json>> out;
   std::ifstream in(path);
@@ -47,7 +41,7 @@ std::map<std::string, std::vector<nlohmann::json>> read_explanations(const std::
                  "{}:{}: not a code explanation (expected \"attribute\", \"level\" >= 1 and \"code\" >= 0, as written "
                  "by `userip profile explain --json`)",
                  path.string(), number);
-    auto& codes = out[field_name(e["attribute"].get<std::string>(), e["level"].get<int>())];
+    auto& codes = out[profile::code_field_name(e["attribute"].get<std::string>(), e["level"].get<int>() - 1)];
     const auto code = static_cast<std::size_t>(e["code"].get<std::int64_t>());
     if (codes.size() <= code) codes.resize(code + 1);
     codes[code] = std::move(e);

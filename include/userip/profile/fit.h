@@ -111,6 +111,10 @@ struct RoundLog {
   nlohmann::json to_json(const std::vector<AttributeSpec>& attributes) const;
 };
 
+// The name of an attribute's codebook level as a code field (codes.csv, the feature bank, the CTR
+// features): the attribute's name for level 0, "NAME.2", "NAME.3", ... for the deeper levels.
+std::string code_field_name(const std::string& attribute, int level);
+
 // What the fitted engine holds: profiles of the users it was fitted on, and codebooks.
 struct Profiles {
   std::vector<std::uint32_t> users;              // dense ids into the dataset, in row order
