@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 #include <torch/autograd.h>
+#include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 
@@ -148,6 +149,11 @@ void FitOptions::validate() const {
                "the prior weights need 0 < --lambda-start <= --lambda-end, got {} and {}", lambda_start, lambda_end);
   USERIP_CHECK(mstep_iterations >= 1 && mstep_iterations <= 1000, "--mstep-iterations must be in [1, 1000], got {}",
                mstep_iterations);
+  USERIP_CHECK(refine_rounds >= 0 && refine_rounds <= 1000, "--refine-rounds must be in [0, 1000], got {}", refine_rounds);
+  USERIP_CHECK(refine_learning_rate > 0 && refine_learning_rate <= 10, "--refine-learning-rate must be in (0, 10], got {}",
+               refine_learning_rate);
+  USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
+               "--refine-rounds needs the alternating mode, one codebook level (--levels 1) and no ablation");
   USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
   USERIP_CHECK(codebook_loss_weight >= 0, "the codebook loss weight must be >= 0, got {}", codebook_loss_weight);
   USERIP_CHECK(weight_decay >= 0 && weight_decay < 1, "the weight decay must be in [0, 1), got {}", weight_decay);
@@ -166,7 +172,7 @@ void FitOptions::validate() const {
 }
 
 nlohmann::json FitOptions::to_json() const {
-  return {{"mode", to_string(mode)},
+  nlohmann::json j = {{"mode", to_string(mode)},
           {"attention", to_string(attention)},
           {"ablation", to_string(ablation)},
           {"codes", codes},
@@ -190,6 +196,12 @@ nlohmann::json FitOptions::to_json() const {
           {"max_batch_rows", max_batch_rows},
           {"max_eval_users", max_eval_users},
           {"seed", seed}};
+  // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
+  if (refine_rounds > 0) {
+    j["refine_rounds"] = refine_rounds;
+    j["refine_learning_rate"] = refine_learning_rate;
+  }
+  return j;
 }
 
 namespace {
@@ -208,6 +220,8 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.lambda_start = j.at("lambda_start").get<double>();
     o.lambda_end = j.at("lambda_end").get<double>();
     o.mstep_iterations = j.at("mstep_iterations").get<int>();
+    o.refine_rounds = j.value("refine_rounds", 0);  // fits saved before refinement existed have none
+    o.refine_learning_rate = j.value("refine_learning_rate", 0.01);
     o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
     o.joint_batch = j.at("joint_batch").get<std::int64_t>();
     o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();
@@ -237,6 +251,7 @@ std::int64_t FitOptions::codes_for(const std::string& attribute) const {
 nlohmann::json RoundLog::to_json(const std::vector<AttributeSpec>& attributes) const {
   nlohmann::json j = {{"round", round},   {"lambda", lambda}, {"train_nll", train_nll},
                       {"seconds", seconds}, {"tokens", tokens}};
+  if (refinement) j["refinement"] = true;
   j["valid_nll"] = valid_nll < 0 ? nlohmann::json(nullptr) : nlohmann::json(valid_nll);
   nlohmann::json per = nlohmann::json::object();
   for (std::size_t a = 0; a < attributes.size() && a < quantization_error.size(); ++a) {
@@ -344,6 +359,39 @@ class Engine {
     return nll.sum(1).to(torch::kFloat);
   }
 
+  // Profiles [b, P, d] made of the codewords of level-0 codes [b, A]; differentiable with respect
+  // to the codewords.
+  torch::Tensor compose(const std::vector<ResidualCodebook>& codebooks, const torch::Tensor& codes) const {
+    std::vector<torch::Tensor> parts;
+    for (std::size_t a = 0; a < codebooks.size(); ++a) {
+      const auto column = codes.narrow(1, static_cast<std::int64_t>(a), 1);
+      parts.push_back(codebooks[a].reconstruct(column).view({codes.size(0), soft_tokens(a), -1}));
+    }
+    return torch::cat(parts, 1);
+  }
+
+  // The level-0 codes [b, A] of the batch's users under which the LM gives their rows the highest
+  // likelihood, by coordinate ascent from `codes`: each attribute in turn takes its best code with
+  // the other attributes' codes held, `sweeps` times over the attributes.
+  torch::Tensor likelihood_codes(const PreparedBatch& p, const std::vector<ResidualCodebook>& codebooks,
+                                 torch::Tensor codes, int sweeps) const {
+    torch::NoGradGuard no_grad;
+    const auto b = codes.size(0);
+    for (int sweep = 0; sweep < sweeps; ++sweep) {
+      for (std::size_t a = 0; a < codebooks.size(); ++a) {
+        std::vector<torch::Tensor> user_nll;
+        for (std::int64_t k = 0; k < codebooks[a].codes(); ++k) {
+          auto candidate = codes.clone();
+          candidate.select(1, static_cast<std::int64_t>(a)).fill_(k);
+          auto nll = row_nll(p, compose(codebooks, candidate));
+          user_nll.push_back(torch::zeros({b}, nll.options()).index_add_(0, p.row_local, nll));
+        }
+        codes.select(1, static_cast<std::int64_t>(a)).copy_(torch::stack(user_nll).argmin(0));
+      }
+    }
+    return codes;
+  }
+
   // Squared distance of each row's attribute vectors to their nearest reconstruction: [b].
   torch::Tensor prior_distance(const torch::Tensor& z_local, const std::vector<ResidualCodebook>& codebooks) const {
     auto total = torch::zeros({z_local.size(0)}, z_local.options());
@@ -378,13 +426,14 @@ class Engine {
   // step follows the gradient of the user's whole drawn history. A single window of a few
   // interactions makes the gradient mostly about that window's titles and years, which the next
   // round's window does not share: profiles then chase noise instead of settling on taste.
-  Round user_samples(std::uint64_t round) const {
+  // `whole_history` keeps every sample of each user (fold-in by likelihood, which reads them once).
+  Round user_samples(std::uint64_t round, bool whole_history = false) const {
     Round r;
     std::vector<std::pair<std::size_t, std::size_t>> spans;  // per user: [first, last) in r.samples
     for (std::uint32_t u : users_) {
       auto chunks = builder_.evaluation_samples(u, history_);
       const auto keep = static_cast<std::size_t>(o_.samples.samples_per_user);
-      if (chunks.size() > keep) {
+      if (!whole_history && chunks.size() > keep) {
         Rng rng = Rng::derive(o_.seed ^ (round * 0x9E3779B97F4A7C15ULL), u);
         rng.shuffle(chunks);
         chunks.resize(keep);
@@ -511,6 +560,24 @@ torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std
   std::vector<torch::Tensor> per;
   for (std::size_t a = 0; a < codebooks.size(); ++a) per.push_back(codebooks[a].assign(engine.attribute_view(z, a)).cpu());
   return torch::stack(per, 1);
+}
+
+// Level-0 codes [U, A] of the engine's users by likelihood over each user's whole history
+// (Engine::likelihood_codes), starting from `codes`; `on_batch` gets the users done so far.
+torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
+                                            torch::Tensor codes, int sweeps,
+                                            const std::function<void(std::uint64_t)>& on_batch) {
+  auto r = engine.user_samples(0, /*whole_history=*/true);
+  std::uint64_t done = 0;
+  for (const auto& batch : r.batches) {
+    std::vector<const ProfileSample*> members;
+    for (auto i : batch) members.push_back(&r.samples[i]);
+    auto p = engine.prepare(members);
+    codes.index_copy_(0, p.user_rows, engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), sweeps));
+    done += static_cast<std::uint64_t>(p.user_rows.size(0));
+    on_batch(done);
+  }
+  return codes;
 }
 
 void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z,
@@ -795,6 +862,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         RoundLog r;
         r.round = l.at("round");
         r.lambda = l.at("lambda");
+        r.refinement = l.value("refinement", false);
         r.train_nll = l.at("train_nll");
         r.valid_nll = l.at("valid_nll").is_null() ? -1.0 : l.at("valid_nll").get<double>();
         r.seconds = l.at("seconds");
@@ -868,8 +936,9 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   const auto valid = in.dataset->view({data::SplitPart::valid});
   const auto eval_samples = engine.evaluation_samples(valid, o.max_eval_users);
 
+  const int total_rounds = o.rounds + o.refine_rounds;
   ProgressBar progress(fmt::format("profile fit ({})", to_string(o.mode)),
-                       static_cast<std::uint64_t>(o.rounds) * static_cast<std::uint64_t>(U), "users");
+                       static_cast<std::uint64_t>(total_rounds) * static_cast<std::uint64_t>(U), "users");
   if (!o.show_progress) progress.disable();
   progress.set(static_cast<std::uint64_t>(start_round) * static_cast<std::uint64_t>(U));
 
@@ -879,12 +948,62 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     z = shared.expand({U, P, d}) + 0.1 * z;
   }
   const std::string frozen_before = model_fingerprint;
+  const auto loop_started = std::chrono::steady_clock::now();
+  const std::int64_t tokens_before_loop = result.tokens;
   bool interrupted = false;
   const bool fit_vectors = o.ablation != ProfileAblation::random;
-  for (int round = start_round; round < o.rounds && !interrupted; ++round) {
-    const double lambda = joint ? 0.0 : lambda_for_round(o, round);
+  for (int round = start_round; round < total_rounds && !interrupted; ++round) {
+    const bool refining = round >= o.rounds;
+    const double lambda = joint ? 0.0 : lambda_for_round(o, std::min(round, o.rounds - 1));
     PassState pass = round == start_round ? carried : PassState{};
-    if (fit_vectors) {
+    if (refining) {
+      // Checkpoints fall on round boundaries only: z then holds every user's codewords, from which
+      // the distance assignment gives back the codes exactly.
+      torch::Tensor codes = torch::stack(
+          [&] {
+            std::vector<torch::Tensor> columns;
+            torch::NoGradGuard no_grad;
+            for (std::size_t a = 0; a < codebooks.size(); ++a)
+              columns.push_back(codebooks[a].assign(engine.attribute_view(z, a)).select(1, 0));
+            return columns;
+          }(),
+          1);
+      std::vector<torch::Tensor> codewords;
+      for (auto& c : codebooks) codewords.push_back(c.codewords()[0].requires_grad_(true));
+      torch::optim::Adam optimizer(codewords, torch::optim::AdamOptions(o.refine_learning_rate));
+      std::int64_t candidates = 1;
+      for (const auto& c : codebooks) candidates += c.codes();
+      auto r = engine.user_samples(static_cast<std::uint64_t>(round));
+      for (std::size_t b = 0; b < r.batches.size(); ++b) {
+        std::vector<const ProfileSample*> members;
+        for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
+        auto p = engine.prepare(members);
+        auto local = engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), 1);
+        codes.index_copy_(0, p.user_rows, local);
+        optimizer.zero_grad();
+        auto nll_rows = engine.row_nll(p, engine.compose(codebooks, local));
+        (nll_rows * p.row_weight).sum().backward();
+        optimizer.step();
+        pass.nll += nll_rows.detach().sum().item<double>();
+        pass.tokens += p.labels;
+        result.tokens += p.labels * candidates;
+        ++batches_done;
+        progress.set(static_cast<std::uint64_t>(round) * static_cast<std::uint64_t>(U) +
+                     static_cast<std::uint64_t>(U) * (b + 1) / r.batches.size());
+        progress.set_metric(fmt::format("nll {:.3f}", pass.nll / std::max<std::int64_t>(pass.tokens, 1)));
+      }
+      torch::NoGradGuard no_grad;
+      for (auto& w : codewords) w.requires_grad_(false);
+      if (round + 1 == total_rounds) {
+        // The final codes read each user's whole training history, as a fold-in reads a new user's,
+        // so that warm and cold users' codes come from the same rule (and from all their evidence,
+        // not this round's draw of samples).
+        codes = likelihood_codes_of_histories(engine, codebooks, codes, 1, [&](std::uint64_t users_done) {
+          progress.set_metric(fmt::format("final codes over whole histories: {}/{} users", users_done, U));
+        });
+      }
+      z = engine.compose(codebooks, codes).contiguous();
+    } else if (fit_vectors) {
       auto r = joint ? engine.window_samples(static_cast<std::uint64_t>(round), o.joint_batch)
                      : engine.user_samples(static_cast<std::uint64_t>(round));
       std::size_t first = round == start_round ? start_batch : 0;
@@ -953,12 +1072,13 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
           codebooks[a].init_kmeanspp(engine.attribute_view(z, a), Rng::derive(o.seed, 300 + a).next_u64());
         codebooks_ready = true;
       }
-      if (!joint) mstep(engine, z, codebooks, o.mstep_iterations);
+      if (!joint && !refining) mstep(engine, z, codebooks, o.mstep_iterations);
     }
 
     RoundLog log;
     log.round = round + 1;
     log.lambda = lambda;
+    log.refinement = refining;
     log.train_nll = pass.tokens > 0 ? pass.nll / static_cast<double>(pass.tokens) : 0.0;
     log.tokens = pass.tokens;
     if (!eval_samples.empty()) {
@@ -970,12 +1090,13 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     result.log.push_back(log);
     log_records.push_back(log.to_json(attributes));
     write_log_records();
-    spdlog::info("round {}/{}: λ {:.3g}, train NLL/token {:.4f}, valid {:.4f}{}", round + 1, o.rounds, lambda,
+    spdlog::info("round {}/{}{}: λ {:.3g}, train NLL/token {:.4f}, valid {:.4f}{}", round + 1, total_rounds,
+                 refining ? " (refinement by likelihood)" : "", lambda,
                  log.train_nll, log.valid_nll,
                  log.quantization_error.empty() ? std::string()
                                                 : fmt::format(", quantization error {:.4g}", log.quantization_error[0]));
-    if (round + 1 < o.rounds) save_checkpoint(round + 1, 0, PassState{});
-    if (o.stop_after_batches > 0 && batches_done >= o.stop_after_batches && round + 1 < o.rounds) interrupted = true;
+    if (round + 1 < total_rounds) save_checkpoint(round + 1, 0, PassState{});
+    if (o.stop_after_batches > 0 && batches_done >= o.stop_after_batches && round + 1 < total_rounds) interrupted = true;
   }
   progress.finish();
   result.interrupted = interrupted;
@@ -983,7 +1104,12 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   USERIP_CHECK(in.model->fingerprint() == frozen_before,
                "internal error: the LM's weights changed during the fit (frozen-parameter guard)");
   if (interrupted) {
-    spdlog::info("stopped as asked after {} batches; a rerun resumes from {}", batches_done, checkpoint.string());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_started).count();
+    const auto tokens = result.tokens - tokens_before_loop;
+    spdlog::info("stopped as asked after {} batches ({} label tokens through the LM in {:.1f} s since the first batch: "
+                 "{:.0f} tokens/s); a rerun resumes from {}",
+                 batches_done, tokens, seconds, seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0,
+                 checkpoint.string());
     return result;
   }
 
@@ -1075,6 +1201,34 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   adam.reset(z);
   std::vector<ResidualCodebook> codebooks;
   for (const auto& c : fitted.codebooks) codebooks.push_back(codebook_on(c, o.device));
+  Profiles result;
+  result.users = users;
+  for (auto u : users) result.user_ids.push_back(in.dataset->user_ids[u]);
+  result.attributes = fitted.attributes;
+  result.attribute_offset = fitted.attribute_offset;
+  result.codebooks = fitted.codebooks;
+  if (o_fit.refine_rounds > 0) {
+    // Fitted profiles are codewords: a new user takes the codes under which the LM finds its whole
+    // history likeliest, starting from the population's codes (two sweeps over the attributes).
+    ProgressBar progress("profile infer (by likelihood)", static_cast<std::uint64_t>(U), "users");
+    if (!options.show_progress) progress.disable();
+    torch::Tensor start;
+    {
+      torch::NoGradGuard no_grad;
+      const auto mean = fitted.vectors.to(o.device).mean(0, true);
+      std::vector<torch::Tensor> columns;
+      for (std::size_t a = 0; a < codebooks.size(); ++a)
+        columns.push_back(codebooks[a].assign(engine.attribute_view(mean, a)).select(1, 0));
+      start = torch::stack(columns, 1);
+    }
+    auto codes = likelihood_codes_of_histories(engine, codebooks, start.expand({U, -1}).contiguous(), 2,
+                                               [&](std::uint64_t users_done) { progress.set(users_done); });
+    progress.finish();
+    torch::NoGradGuard no_grad;
+    result.vectors = engine.compose(codebooks, codes).cpu().contiguous();
+    result.codes = codes.cpu().unsqueeze(2);
+    return result;
+  }
   const double lambda = o.mode == EmMode::joint ? 0.0 : lambda_for_round(o_fit, o_fit.rounds - 1);
   ProgressBar progress("profile infer", static_cast<std::uint64_t>(o.rounds) * static_cast<std::uint64_t>(U), "users");
   if (!options.show_progress) progress.disable();
@@ -1097,13 +1251,7 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
     progress.set(static_cast<std::uint64_t>(round + 1) * static_cast<std::uint64_t>(U));
   }
   progress.finish();
-  Profiles result;
-  result.users = users;
-  for (auto u : users) result.user_ids.push_back(in.dataset->user_ids[u]);
-  result.attributes = fitted.attributes;
-  result.attribute_offset = fitted.attribute_offset;
   result.vectors = z.detach().cpu();
-  result.codebooks = fitted.codebooks;
   if (!fitted.codebooks.empty()) result.codes = assign_all(engine, result.vectors, result.codebooks);
   return result;
 }

@@ -4,7 +4,8 @@
 // default LM: docs/RESULTS.md. Here:
 // 1. outputs round-trip through load_fit, and a rerun reuses them; the frozen LM is untouched;
 // 2. an interrupted fit resumes to the same codes as an uninterrupted one;
-// 3. fold-in gives codes to cold users; the joint mode and the ablations run; explanations cover
+// 3. refinement rounds leave profiles on their codewords, and fold-in after them takes the likeliest
+//    codes; fold-in gives codes to cold users; the joint mode and the ablations run; explanations cover
 //    every code and its members; bad options are rejected.
 #include "userip/profile/fit.h"
 
@@ -143,6 +144,72 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   auto train_user = g_world->dataset.training_view().users().front();
   testing::expect_error([&] { infer_profiles(g_world->inputs(), fit.profiles, options, history, {train_user}, io); },
                         {"no history"});
+}
+
+// Each attribute's profile vectors [U, L·d] rebuilt from the codes' codewords.
+torch::Tensor codeword_vectors(const Profiles& p, const torch::Tensor& codes, std::size_t a) {
+  return p.codebooks[a].reconstruct(codes.select(1, static_cast<std::int64_t>(a)));
+}
+
+// Σ NLL of one user's rows in `view` with the given codes [1, A, 1] as profile.
+double user_nll(const Profiles& fitted, const FitOptions& options, const data::SplitView& view, std::uint32_t user,
+                const torch::Tensor& codes) {
+  Profiles one;
+  one.users = {user};
+  one.user_ids = {g_world->dataset.user_ids[user]};
+  one.attributes = fitted.attributes;
+  one.attribute_offset = fitted.attribute_offset;
+  one.codebooks = fitted.codebooks;
+  std::vector<torch::Tensor> parts;
+  for (std::size_t a = 0; a < fitted.attributes.size(); ++a)
+    parts.push_back(codeword_vectors(fitted, codes, a).view({1, fitted.attributes[a].soft_tokens, -1}));
+  one.vectors = torch::cat(parts, 1);
+  auto e = evaluate_profiles(g_world->inputs(), one, options, view, view);
+  return e.own * static_cast<double>(e.tokens);
+}
+
+TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLikeliestCodes) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 1;
+  options.refine_rounds = 2;
+  auto fit = fit_profiles(g_world->inputs(), options, dir.path());
+  ASSERT_EQ(fit.log.size(), 3u);
+  EXPECT_FALSE(fit.log[0].refinement);
+  EXPECT_TRUE(fit.log[1].refinement);
+  EXPECT_TRUE(fit.log[2].refinement);
+  ASSERT_TRUE(fit.profiles.has_codes());
+  for (std::size_t a = 0; a < fit.profiles.attributes.size(); ++a) {
+    EXPECT_TRUE(torch::allclose(fit.profiles.attribute_vectors(a), codeword_vectors(fit.profiles, fit.profiles.codes, a)))
+        << fit.profiles.attributes[a].name;
+  }
+  // The options are part of the saved fit: a fold-in of this fit knows to assign by likelihood.
+  EXPECT_EQ(load_fit(dir.path(), g_world->dataset, *g_world->tmpl).options.refine_rounds, 2);
+
+  auto history = g_world->dataset.view({data::SplitPart::cold_history});
+  auto users = history.users();
+  users.resize(std::min<std::size_t>(users.size(), 4));
+  InferOptions io;
+  io.show_progress = false;
+  auto cold = infer_profiles(g_world->inputs(), fit.profiles, options, history, users, io);
+  ASSERT_TRUE(cold.has_codes());
+  ASSERT_EQ(cold.codes.sizes(), (torch::IntArrayRef{static_cast<std::int64_t>(users.size()), 2, 1}));
+  // The last sweep's attribute (background) is the best code given the user's taste code: every
+  // other background code gives the user's history a likelihood no higher.
+  for (std::size_t i = 0; i < users.size(); ++i) {
+    auto chosen = cold.codes.narrow(0, static_cast<std::int64_t>(i), 1).clone();
+    const double best = user_nll(fit.profiles, options, history, users[i], chosen);
+    for (std::int64_t k = 0; k < fit.profiles.codebooks[1].codes(); ++k) {
+      auto other = chosen.clone();
+      other[0][1][0] = k;
+      EXPECT_GE(user_nll(fit.profiles, options, history, users[i], other), best - 1e-3 * std::abs(best))
+          << "user " << i << " background code " << k;
+    }
+    auto background = cold.vectors.narrow(0, static_cast<std::int64_t>(i), 1)
+                          .narrow(1, cold.attribute_offset[1], cold.attributes[1].soft_tokens)
+                          .reshape({1, -1});
+    EXPECT_TRUE(torch::allclose(background, codeword_vectors(fit.profiles, chosen, 1)));
+  }
 }
 
 TEST_F(ProfileFit, JointModeAndAblationsRun) {
@@ -328,6 +395,10 @@ TEST_F(ProfileFit, BadOptionsAreRejected) {
   o = small_options();
   o.samples.max_tokens = 4;
   testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--max-tokens"});
+  o = small_options();
+  o.refine_rounds = 2;
+  o.levels = 2;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--refine-rounds", "--levels 1"});
 }
 
 }  // namespace

@@ -127,6 +127,13 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
         ->capture_default_str();
     cmd->add_option("--joint-learning-rate", o.joint_learning_rate, "AdamW learning rate (joint)")->capture_default_str();
     cmd->add_option("--joint-batch", o.joint_batch, "Samples per step (joint)")->capture_default_str();
+    cmd->add_option("--refine-rounds", o.refine_rounds,
+                    "Rounds after the EM rounds in which each user takes the code whose codeword gives its behaviour the "
+                    "highest likelihood and codewords follow their members' likelihood gradient (alternating, one level)")
+        ->capture_default_str();
+    cmd->add_option("--refine-learning-rate", o.refine_learning_rate,
+                    "Adam learning rate of the codewords in refinement rounds")
+        ->capture_default_str();
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();
@@ -207,7 +214,10 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--dataset", *dataset, "Dataset directory (default: the one the fit recorded)");
     add_model_options(cmd, *model, false);
     cmd->add_option("--user", *users, "Original id of a user to fold in (repeatable; default: every cold user)");
-    cmd->add_option("--rounds", *rounds, "E-step rounds (0 = as many as the fit had)")->capture_default_str();
+    cmd->add_option("--rounds", *rounds,
+                    "E-step rounds (0 = as many as the fit had; after a fit with refinement rounds, codes are "
+                    "assigned by likelihood in one pass instead)")
+        ->capture_default_str();
     cmd->add_option("--out", *out, "Output directory for the new users' profiles and codes")->required();
     cmd->add_option("--bank", *bank, "Also publish the new users' codes as a feature bank here");
     on_run(cmd, [dir, dataset, model, users, rounds, out, bank] {

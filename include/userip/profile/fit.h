@@ -63,6 +63,14 @@ struct FitOptions {
   double lambda_start = 0.05;     // prior weight in round 2 (round 1 has none: codes do not exist yet)
   double lambda_end = 2.0;        // ... rising geometrically to this in the last round
   int mstep_iterations = 5;       // Lloyd iterations of the M-step at fixed profiles
+  // Rounds in the λ → ∞ limit of the same objective, after the T rounds: every profile is its
+  // codeword, so the E-step picks, per user and attribute, the code under which the frozen LM gives
+  // the user's behaviour the highest likelihood (coordinate ascent over the attributes), and the
+  // M-step moves each codeword by gradient on its members' likelihood. Distances between profile
+  // vectors weigh every direction alike, including the many the LM hardly reads; the likelihood
+  // weighs them as the LM does. Needs codebooks with one level. 0 = off.
+  int refine_rounds = 0;
+  double refine_learning_rate = 0.01;  // Adam on the codewords in refinement rounds
 
   // Joint mode (the released code's defaults).
   double joint_learning_rate = 0.01;
@@ -100,6 +108,7 @@ struct FitOptions {
 struct RoundLog {
   int round = 0;
   double lambda = 0;
+  bool refinement = false;     // a refinement round (codes by likelihood; λ is the last EM round's)
   double train_nll = 0;        // per behaviour token, over the round's E-step (last step of each batch)
   double valid_nll = -1;       // per token on validation interactions with the users' own profiles; -1 = not measured
   std::vector<double> quantization_error;            // per attribute, mean ||z - reconstruction||²
