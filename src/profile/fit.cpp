@@ -959,15 +959,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     if (refining) {
       // Checkpoints fall on round boundaries only: z then holds every user's codewords, from which
       // the distance assignment gives back the codes exactly.
-      torch::Tensor codes = torch::stack(
-          [&] {
-            std::vector<torch::Tensor> columns;
-            torch::NoGradGuard no_grad;
-            for (std::size_t a = 0; a < codebooks.size(); ++a)
-              columns.push_back(codebooks[a].assign(engine.attribute_view(z, a)).select(1, 0));
-            return columns;
-          }(),
-          1);
+      torch::Tensor codes = assign_all(engine, z, codebooks).select(2, 0).to(o.device);
       std::vector<torch::Tensor> codewords;
       for (auto& c : codebooks) codewords.push_back(c.codewords()[0].requires_grad_(true));
       torch::optim::Adam optimizer(codewords, torch::optim::AdamOptions(o.refine_learning_rate));
@@ -1212,15 +1204,8 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
     // history likeliest, starting from the population's codes (two sweeps over the attributes).
     ProgressBar progress("profile infer (by likelihood)", static_cast<std::uint64_t>(U), "users");
     if (!options.show_progress) progress.disable();
-    torch::Tensor start;
-    {
-      torch::NoGradGuard no_grad;
-      const auto mean = fitted.vectors.to(o.device).mean(0, true);
-      std::vector<torch::Tensor> columns;
-      for (std::size_t a = 0; a < codebooks.size(); ++a)
-        columns.push_back(codebooks[a].assign(engine.attribute_view(mean, a)).select(1, 0));
-      start = torch::stack(columns, 1);
-    }
+    const auto mean = fitted.vectors.to(o.device).mean(0, true);
+    const auto start = assign_all(engine, mean, codebooks).select(2, 0).to(o.device);
     auto codes = likelihood_codes_of_histories(engine, codebooks, start.expand({U, -1}).contiguous(), 2,
                                                [&](std::uint64_t users_done) { progress.set(users_done); });
     progress.finish();
