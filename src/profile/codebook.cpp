@@ -368,6 +368,32 @@ ResidualCodebook::UpdateStats ResidualCodebook::update_means(const torch::Tensor
   return stats;
 }
 
+int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng) {
+  check_ready("split_into_dead_codes");
+  USERIP_CHECK(codes.dim() == 1 || (codes.dim() == 2 && codes.size(1) == levels_),
+               "split_into_dead_codes: codes must be [N] or [N, {}], got {}", levels_, shape_text(codes));
+  at::NoGradGuard no_grad;
+  auto counts = code_usage(codes.dim() == 1 ? codes : codes.select(1, 0), codes_).counts;
+  auto& words = codewords_[0];
+  int split = 0;
+  for (std::int64_t dead = 0; dead < codes_; ++dead) {
+    if (counts[static_cast<std::size_t>(dead)] != 0) continue;
+    const auto largest = static_cast<std::size_t>(std::max_element(counts.begin(), counts.end()) - counts.begin());
+    if (counts[largest] < 2) break;
+    const auto halved = static_cast<std::int64_t>(largest);
+    std::vector<float> direction(static_cast<std::size_t>(dim_));
+    for (auto& x : direction) x = static_cast<float>(rng.normal());
+    auto step = torch::tensor(direction).to(words.device());
+    step = step * (kSplitStep * words[halved].norm() / step.norm().clamp_min(1e-12));
+    words[dead].copy_(words[halved] + step);
+    words[halved].sub_(step);
+    counts[static_cast<std::size_t>(dead)] = counts[largest] / 2;
+    counts[largest] -= counts[static_cast<std::size_t>(dead)];
+    ++split;
+  }
+  return split;
+}
+
 double ResidualCodebook::quantization_error(const torch::Tensor& x) const {
   check_ready("quantization_error");
   check_points(x, "x");

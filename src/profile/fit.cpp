@@ -521,11 +521,41 @@ torch::Tensor initial_vectors(const FitOptions& o, std::int64_t users, std::int6
   return z.to(o.device);
 }
 
-// One profile [P, d] shared by every user, fitted by Adam on `steps` batches of training samples
+}  // namespace
+
+torch::Tensor initial_soft_tokens(const FitInputs& in, const torch::Tensor& otherwise) {
+  const auto& attributes = in.profile_template->attributes();
+  USERIP_CHECK(otherwise.dim() == 2 && otherwise.size(0) == in.profile_template->total_soft_tokens() &&
+                   otherwise.size(1) == in.model->config().hidden_size,
+               "initial soft tokens: expected [{}, {}], got {}", in.profile_template->total_soft_tokens(),
+               in.model->config().hidden_size, fmt::format("{}", otherwise.sizes()));
+  auto start = otherwise.detach().clone();
+  std::int64_t offset = 0;
+  for (const auto& a : attributes) {
+    if (!a.init.empty()) {
+      const auto ids = in.tokenizer->encode(a.init);
+      USERIP_CHECK(!ids.empty(), "template attribute '{}': its init text \"{}\" has no tokens under the model's tokenizer",
+                   a.name, a.init);
+      std::vector<std::int64_t> cycled;
+      for (int i = 0; i < a.soft_tokens; ++i) cycled.push_back(ids[static_cast<std::size_t>(i) % ids.size()]);
+      torch::NoGradGuard no_grad;
+      auto rows = in.model->embed(torch::tensor(cycled).to(in.model->device()));
+      start.slice(0, offset, offset + a.soft_tokens).copy_(rows.to(start.device(), torch::kFloat));
+      spdlog::info("attribute '{}' starts from the embeddings of \"{}\" ({} token{} for {} soft token{})", a.name,
+                   a.init, ids.size(), ids.size() == 1 ? "" : "s", a.soft_tokens, a.soft_tokens == 1 ? "" : "s");
+    }
+    offset += a.soft_tokens;
+  }
+  return start;
+}
+
+namespace {
+
+// One profile [1, P, d] shared by every user, fitted by Adam from `start` on `steps` batches of training samples
 // (cycling over a round's batches drawn from their own seed stream).
-torch::Tensor population_profile(const Engine& engine, const FitOptions& o, std::int64_t soft, std::int64_t dim,
+torch::Tensor population_profile(const Engine& engine, const FitOptions& o, const torch::Tensor& start,
                                  ProgressBar* progress) {
-  auto shared = initial_vectors(o, 1, soft, dim, 2);
+  auto shared = start.clone();
   RowAdam adam;
   adam.reset(shared);
   auto round = engine.user_samples(std::uint64_t{1} << 40);
@@ -942,9 +972,11 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   if (!o.show_progress) progress.disable();
   progress.set(static_cast<std::uint64_t>(start_round) * static_cast<std::uint64_t>(U));
 
-  if (!result.resumed && !joint && o.population_steps > 0 && o.ablation != ProfileAblation::random) {
+  const bool has_init = std::any_of(attributes.begin(), attributes.end(), [](const auto& a) { return !a.init.empty(); });
+  if (!result.resumed && !joint && o.ablation != ProfileAblation::random && (o.population_steps > 0 || has_init)) {
     // Everyone starts from the population's profile, with a tenth of the usual noise to break ties.
-    auto shared = population_profile(engine, o, P, d, &progress);
+    auto shared = initial_soft_tokens(in, initial_vectors(o, 1, P, d, 2)[0]).unsqueeze(0);
+    if (o.population_steps > 0) shared = population_profile(engine, o, shared, &progress);
     z = shared.expand({U, P, d}) + 0.1 * z;
   }
   const std::string frozen_before = model_fingerprint;
@@ -960,6 +992,13 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // Checkpoints fall on round boundaries only: z then holds every user's codewords, from which
       // the distance assignment gives back the codes exactly.
       torch::Tensor codes = assign_all(engine, z, codebooks).select(2, 0).to(o.device);
+      for (std::size_t a = 0; a < codebooks.size(); ++a) {
+        const int split = codebooks[a].split_into_dead_codes(
+            codes.select(1, static_cast<long>(a)),
+            Rng::derive(o.seed, 500 + 64 * static_cast<std::uint64_t>(round) + a));
+        if (split > 0) spdlog::info("round {}: {} dead code(s) of '{}' split off its most chosen codes", round + 1, split,
+                                    attributes[a].name);
+      }
       std::vector<torch::Tensor> codewords;
       for (auto& c : codebooks) codewords.push_back(c.codewords()[0].requires_grad_(true));
       torch::optim::Adam optimizer(codewords, torch::optim::AdamOptions(o.refine_learning_rate));

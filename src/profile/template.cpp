@@ -310,8 +310,8 @@ ProfileTemplate ProfileTemplate::parse(const std::string& json_text, const std::
     USERIP_CHECK(spec.is_object(), "{}:{}: attribute {} must be an object with \"name\" and \"evidence\", got {}",
                  source_name, line, a + 1, type_name(spec));
     for (const auto& [key, value] : spec.items()) {
-      USERIP_CHECK(key == "name" || key == "evidence" || key == "soft_tokens" || key == "probe",
-                   "{}:{}: attribute {}: unknown key \"{}\" (expected: name, evidence, soft_tokens, probe)",
+      USERIP_CHECK(key == "name" || key == "evidence" || key == "soft_tokens" || key == "probe" || key == "init",
+                   "{}:{}: attribute {}: unknown key \"{}\" (expected: name, evidence, soft_tokens, probe, init)",
                    source_name, key_line(key), a + 1, key);
     }
     AttributeSpec attribute;
@@ -346,6 +346,15 @@ ProfileTemplate ProfileTemplate::parse(const std::string& json_text, const std::
       USERIP_CHECK(ok, "{}:{}: attribute '{}': soft_tokens must be an integer in 1..{}, got {}", source_name,
                    key_line("soft_tokens"), attribute.name, kMaxSoftTokens, n.dump());
       attribute.soft_tokens = static_cast<int>(n.get<long long>());
+    }
+
+    if (spec.contains("init")) {
+      USERIP_CHECK(spec["init"].is_string(), "{}:{}: attribute '{}': \"init\" must be a string, got {}", source_name,
+                   key_line("init"), attribute.name, type_name(spec["init"]));
+      attribute.init = spec["init"].get<std::string>();
+      USERIP_CHECK(attribute.init.find_first_not_of(" \t\r\n") != std::string::npos,
+                   "{}:{}: attribute '{}': empty \"init\" (leave the key out for a random start)", source_name,
+                   key_line("init"), attribute.name);
     }
 
     if (spec.contains("probe")) {
@@ -393,8 +402,9 @@ bool ProfileTemplate::probe_uses_item(std::size_t attribute) const {
 nlohmann::json ProfileTemplate::to_json() const {
   nlohmann::json attributes = nlohmann::json::array();
   for (const auto& a : attributes_) {
-    attributes.push_back(
-        {{"name", a.name}, {"evidence", a.evidence}, {"soft_tokens", a.soft_tokens}, {"probe", a.probe}});
+    nlohmann::json spec = {{"name", a.name}, {"evidence", a.evidence}, {"soft_tokens", a.soft_tokens}, {"probe", a.probe}};
+    if (!a.init.empty()) spec["init"] = a.init;  // absent when unused, so older fits keep their fingerprints
+    attributes.push_back(std::move(spec));
   }
   return {{"source", source_},
           {"description", description_},

@@ -260,6 +260,38 @@ TEST(ResidualCodebookTest, EmptyCodeIsReseededWithThePointOfLargestError) {
   EXPECT_NEAR(book.quantization_error(x), (1.0 + 1.0 + 1.0 + 1.0 + 0.0) / 5.0, 1e-6);
 }
 
+TEST(ResidualCodebookTest, DeadCodesSplitTheMostChosenCodesSymmetrically) {
+  ResidualCodebook book(4, 4, 1);
+  const auto original = torch::tensor({3.0f, 4.0f, 0.0f, 0.0f, 1.0f, 1.0f, 1.0f, 1.0f, 9.0f, 9.0f, 9.0f, 9.0f,
+                                       -1.0f, 0.0f, 0.0f, 0.0f})
+                            .reshape({4, 4});
+  book.codewords() = {original.clone()};
+  // Code 0 holds 6 members, code 1 holds 2; codes 2 and 3 are dead.
+  const auto codes = torch::tensor({0, 0, 1, 0, 0, 1, 0, 0}, torch::kLong);
+  EXPECT_EQ(book.split_into_dead_codes(codes, Rng(7)), 2);
+  const auto& w = book.codewords()[0];
+  // Code 2 splits code 0 (6 members -> 3 + 3); code 3 then splits code 0 again (3 is still the largest count,
+  // ties to the lowest code).
+  const auto first = w[2] - original[0];
+  EXPECT_NEAR(first.norm().item<double>(), ResidualCodebook::kSplitStep * 5.0, 1e-5);
+  const auto second = w[3] - (original[0] - first);
+  EXPECT_NEAR(second.norm().item<double>(), ResidualCodebook::kSplitStep * (original[0] - first).norm().item<double>(),
+              1e-5);
+  EXPECT_TRUE(at::allclose(w[0], original[0] - first - second));
+  EXPECT_TRUE(at::equal(w[1], original[1]));  // a code with members that was not split keeps its codeword
+  EXPECT_FALSE(at::allclose(w[2], w[3]));
+  // The same seed gives the same split; every code is then chosen and nothing is split again.
+  ResidualCodebook same(4, 4, 1);
+  same.codewords() = {original.clone()};
+  EXPECT_EQ(same.split_into_dead_codes(codes.unsqueeze(1), Rng(7)), 2);
+  EXPECT_TRUE(at::equal(same.codewords()[0], w));
+  EXPECT_EQ(book.split_into_dead_codes(torch::tensor({0, 1, 2, 3}, torch::kLong), Rng(7)), 0);
+  // A single member cannot be divided.
+  EXPECT_EQ(book.split_into_dead_codes(torch::tensor({1}, torch::kLong), Rng(7)), 0);
+  expect_error([&] { book.split_into_dead_codes(torch::zeros({3, 2}, torch::kLong), Rng(7)); },
+               {"split_into_dead_codes", "[N, 1]"});
+}
+
 TEST(ResidualCodebookTest, QuantizationErrorMatchesItsDefinitionAndFallsWithLevels) {
   const auto x = random_points(400, 12, 31);
   double previous = std::numeric_limits<double>::infinity();

@@ -212,6 +212,36 @@ TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLike
   }
 }
 
+TEST_F(ProfileFit, InitTextsStartTheSoftTokensFromTheirTokenEmbeddings) {
+  const auto& shipped = *g_world->tmpl;  // templates/synthetic.json: both attributes have an init text
+  const std::int64_t P = shipped.total_soft_tokens(), d = g_world->model->config().hidden_size;
+  const auto otherwise = torch::full({P, d}, 7.0f);
+  // Attribute 0 keeps its init text, attribute 1 loses it.
+  auto record = shipped.to_json();
+  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) record.erase(derived);
+  record["attributes"][1].erase("init");
+  const auto partial = ProfileTemplate::parse(record.dump(), "partial", g_world->dataset);
+  for (const ProfileTemplate* t : {&shipped, &partial}) {
+    auto in = g_world->inputs();
+    in.profile_template = t;
+    const auto start = initial_soft_tokens(in, otherwise);
+    ASSERT_EQ(start.sizes(), otherwise.sizes());
+    std::int64_t row = 0;
+    for (const auto& a : t->attributes()) {
+      const auto ids = g_world->tokenizer->encode(a.init);
+      for (int i = 0; i < a.soft_tokens; ++i, ++row) {
+        // Cycled through the text's tokens; the rows of an attribute without a text are the fallback's.
+        const auto expected = a.init.empty() ? otherwise[row]
+                                             : g_world->model->embed(torch::tensor({static_cast<std::int64_t>(
+                                                   ids[static_cast<std::size_t>(i) % ids.size()])}))[0];
+        EXPECT_TRUE(torch::equal(start[row], expected.to(torch::kFloat))) << a.name << " soft token " << i;
+      }
+    }
+  }
+  testing::expect_error([&] { initial_soft_tokens(g_world->inputs(), torch::zeros({P + 1, d})); },
+                        {"initial soft tokens", "expected ["});
+}
+
 TEST_F(ProfileFit, JointModeAndAblationsRun) {
   TempDir dir;
   const auto joint_dir = dir / "joint", dense_dir = dir / "dense", mean_dir = dir / "mean", random_dir = dir / "random";

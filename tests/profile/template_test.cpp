@@ -94,7 +94,16 @@ TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
   EXPECT_FALSE(t.one_interaction_per_sample());
   EXPECT_EQ(t.behaviour(), text::default_corpus_options(dataset).behaviour_phrase);
   EXPECT_EQ(t.behaviour(),
-            "Chose title: {title}; categories: {categories}; price: {price}; year: {year}; rated {rating}.");
+            "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.");
+  EXPECT_EQ(t.attributes()[0].init, "Comedy, Crime.");
+  EXPECT_EQ(t.attributes()[1].init, "standard, moderate.");
+  // The init text travels with a fit's record (the template JSON), and a template without one records none.
+  EXPECT_EQ(t.to_json()["attributes"][1]["init"], "standard, moderate.");
+  auto record = t.to_json();
+  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) record.erase(derived);
+  const auto reparsed = ProfileTemplate::parse(record.dump(), "record", dataset);
+  EXPECT_EQ(reparsed.attributes()[1].init, "standard, moderate.");
+  EXPECT_FALSE(ProfileTemplate::load(shipped("movielens.json"), movielens_like()).to_json()["attributes"][0].contains("init"));
   for (std::size_t a = 0; a < 2; ++a) {
     const auto probe = t.render_probe(a, dataset, UserAggregates{});
     EXPECT_FALSE(probe.before.empty());
@@ -203,6 +212,11 @@ TEST(ProfileTemplate, ErrorsNameTheFileAndLine) {
                {file + ":5:", "soft_tokens"});
   expect_error(load(template_text({R"({"name": "a", "evidence": "x", "soft_tokens": 1.5})"})),
                {file + ":4:", "soft_tokens"});
+  // An init text is a non-empty string.
+  expect_error(load(template_text({ok, R"({"name": "b", "evidence": "x", "init": 3})"})),
+               {file + ":5:", "'b'", "\"init\" must be a string"});
+  expect_error(load(template_text({R"({"name": "a", "evidence": "x", "init": " "})"})),
+               {file + ":4:", "'a'", "empty \"init\""});
   // Probes hold <soft> exactly once.
   expect_error(load(template_text({R"({"name": "a", "evidence": "x", "probe": "no marker"})"})),
                {file + ":4:", "<soft>", "exactly once"});

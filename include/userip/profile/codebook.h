@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "userip/util/random.h"
+
 namespace userip::lm {
 class TensorSource;
 }
@@ -71,6 +73,16 @@ class ResidualCodebook {
   // code it left is not recomputed (the next round does). Where no point has error left, the
   // re-seeded code copies a point plus a small deterministic jitter. Returns what happened.
   UpdateStats update_means(const torch::Tensor& x, const torch::Tensor& codes);
+
+  // Re-seeding for fits that move codewords by gradient rather than by means (profile refinement): there a code
+  // nobody chose gets no gradient and would stay dead. Each level-0 code that no entry of `codes` ([N] or
+  // [N, levels] int64) names takes half of the most chosen code, as in LBG splitting: both codewords step apart in
+  // opposite directions (a Gaussian draw from `rng`, of norm kSplitStep times the halved codeword's), so that the
+  // next assignment by the fit's own criterion divides the members between them. The split halves the expected
+  // count, so several dead codes spread over the largest codes. Stops when no code has two members. Returns the
+  // number of codes split.
+  static constexpr double kSplitStep = 0.05;
+  int split_into_dead_codes(const torch::Tensor& codes, Rng rng);
 
   // Mean over points of ||x - reconstruct(assign(x))||^2.
   double quantization_error(const torch::Tensor& x) const;

@@ -174,6 +174,12 @@ struct FitInputs {
   std::string dataset_path;
 };
 
+// The soft tokens [P, d] a fit starts from: for each attribute whose template gives an `init` text, the
+// embeddings of that text's tokens, cycled or cut to the attribute's soft tokens (float32, on `otherwise`'s
+// device); for the others, their rows of `otherwise` [P, d]. Throws naming the attribute when its text has no
+// tokens under the tokenizer, or when `otherwise` does not have the template's shape.
+torch::Tensor initial_soft_tokens(const FitInputs& in, const torch::Tensor& otherwise);
+
 // Fits profiles on the training split and writes `out` (see docs/PROFILES.md for the files):
 // profile.json, profiles.safetensors, users.txt, codes.csv, log.jsonl, evaluation.json, and while
 // running checkpoint/. Resumes from out/checkpoint when it matches the inputs and options.

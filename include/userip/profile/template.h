@@ -24,6 +24,10 @@ struct AttributeSpec {
   std::string evidence;
   int soft_tokens = 1;
   std::string probe;  // always filled (the default when the file has none); contains "<soft>" once
+  // Plain text whose token embeddings start the soft tokens (prompt tuning's vocabulary initialisation, cycled or
+  // cut to soft_tokens); empty: they start from small random values. Words the LM has seen where this attribute's
+  // evidence goes tie the soft tokens to that meaning, where a random start leaves attributes interchangeable.
+  std::string init;
   int line = 0;       // 1-based line of the attribute in its file
 };
 
