@@ -376,19 +376,19 @@ int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng)
   auto counts = code_usage(codes.dim() == 1 ? codes : codes.select(1, 0), codes_).counts;
   auto& words = codewords_[0];
   int split = 0;
-  for (std::int64_t dead = 0; dead < codes_; ++dead) {
-    if (counts[static_cast<std::size_t>(dead)] != 0) continue;
+  for (std::size_t dead = 0; dead < counts.size(); ++dead) {
+    if (counts[dead] != 0) continue;
     const auto largest = static_cast<std::size_t>(std::max_element(counts.begin(), counts.end()) - counts.begin());
     if (counts[largest] < 2) break;
-    const auto halved = static_cast<std::int64_t>(largest);
     std::vector<float> direction(static_cast<std::size_t>(dim_));
     for (auto& x : direction) x = static_cast<float>(rng.normal());
     auto step = torch::tensor(direction).to(words.device());
-    step = step * (kSplitStep * words[halved].norm() / step.norm().clamp_min(1e-12));
-    words[dead].copy_(words[halved] + step);
-    words[halved].sub_(step);
-    counts[static_cast<std::size_t>(dead)] = counts[largest] / 2;
-    counts[largest] -= counts[static_cast<std::size_t>(dead)];
+    const auto from = static_cast<std::int64_t>(largest), to = static_cast<std::int64_t>(dead);
+    step = step * (kSplitStep * words[from].norm() / step.norm().clamp_min(1e-12));
+    words[to].copy_(words[from] + step);
+    words[from].sub_(step);
+    counts[dead] = counts[largest] / 2;
+    counts[largest] -= counts[dead];
     ++split;
   }
   return split;

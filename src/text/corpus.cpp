@@ -144,13 +144,6 @@ CorpusOptions default_corpus_options(const data::Dataset& dataset) {
     options.user_phrase = "The user's taste in products: {user.top2.categories}. About this user: {user.top.price}, "
                           "{user.rating_style}.";
   }
-  if (dataset.field("categories") && dataset.field("price") && dataset.field("title") && dataset.field("year")) {
-    // The kind of item comes before its title: a title names one item, and so its fixed price and categories, so
-    // after the title they tell the LM nothing about the user, and a profile could not be read from them.
-    options.item_phrase = "title: {title}; categories: {categories}; price: {price}; year: {year}";
-    options.behaviour_phrase = "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.";
-    return options;
-  }
   // Generic phrases: name every text/category field the dataset has.
   std::string item;
   for (const auto& f : dataset.item_fields) {
@@ -160,6 +153,11 @@ CorpusOptions default_corpus_options(const data::Dataset& dataset) {
   if (item.empty()) item = "item {item}";
   options.item_phrase = item;
   options.behaviour_phrase = "Chose " + item + "; rated {rating}.";
+  if (dataset.field("categories") && dataset.field("price") && dataset.field("title") && dataset.field("year")) {
+    // The kind of item comes before its title: a title names one item, and so its fixed price and categories, so
+    // after the title they tell the LM nothing about the user, and a profile could not be read from them.
+    options.behaviour_phrase = "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.";
+  }
   return options;
 }
 

@@ -34,6 +34,7 @@
 #include "userip/profile/clustering.h"
 #include "userip/profile/explain.h"
 #include "userip/profile/recovery.h"
+#include "userip/profile/session.h"
 #include "userip/text/corpus.h"
 #include "userip/util/fs.h"
 
@@ -217,10 +218,9 @@ TEST_F(ProfileFit, InitTextsStartTheSoftTokensFromTheirTokenEmbeddings) {
   const std::int64_t P = shipped.total_soft_tokens(), d = g_world->model->config().hidden_size;
   const auto otherwise = torch::full({P, d}, 7.0f);
   // Attribute 0 keeps its init text, attribute 1 loses it.
-  auto record = shipped.to_json();
-  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) record.erase(derived);
-  record["attributes"][1].erase("init");
-  const auto partial = ProfileTemplate::parse(record.dump(), "partial", g_world->dataset);
+  nlohmann::json record = {{"template", shipped.to_json()}};
+  record["template"]["attributes"][1].erase("init");
+  const auto partial = recorded_template(record, g_world->dataset, "partial");
   for (const ProfileTemplate* t : {&shipped, &partial}) {
     auto in = g_world->inputs();
     in.profile_template = t;

@@ -7,6 +7,7 @@
 #include "support/temp_dir.h"
 #include "userip/data/dataset.h"
 #include "userip/data/synth.h"
+#include "userip/profile/session.h"
 #include "userip/profile/template.h"
 #include "userip/text/corpus.h"
 
@@ -99,9 +100,7 @@ TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
   EXPECT_EQ(t.attributes()[1].init, "standard, moderate.");
   // The init text travels with a fit's record (the template JSON), and a template without one records none.
   EXPECT_EQ(t.to_json()["attributes"][1]["init"], "standard, moderate.");
-  auto record = t.to_json();
-  for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) record.erase(derived);
-  const auto reparsed = ProfileTemplate::parse(record.dump(), "record", dataset);
+  const auto reparsed = recorded_template({{"template", t.to_json()}}, dataset, "record");
   EXPECT_EQ(reparsed.attributes()[1].init, "standard, moderate.");
   EXPECT_FALSE(ProfileTemplate::load(shipped("movielens.json"), movielens_like()).to_json()["attributes"][0].contains("init"));
   for (std::size_t a = 0; a < 2; ++a) {
