@@ -368,18 +368,19 @@ ResidualCodebook::UpdateStats ResidualCodebook::update_means(const torch::Tensor
   return stats;
 }
 
-int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng) {
+int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng, std::int64_t min_members) {
   check_ready("split_into_dead_codes");
   USERIP_CHECK(codes.dim() == 1 || (codes.dim() == 2 && codes.size(1) == levels_),
                "split_into_dead_codes: codes must be [N] or [N, {}], got {}", levels_, shape_text(codes));
   at::NoGradGuard no_grad;
   auto counts = code_usage(codes.dim() == 1 ? codes : codes.select(1, 0), codes_).counts;
+  USERIP_CHECK(min_members >= 1, "split_into_dead_codes: min_members must be >= 1, got {}", min_members);
   auto& words = codewords_[0];
   int split = 0;
   for (std::size_t dead = 0; dead < counts.size(); ++dead) {
-    if (counts[dead] != 0) continue;
+    if (counts[dead] >= min_members) continue;
     const auto largest = static_cast<std::size_t>(std::max_element(counts.begin(), counts.end()) - counts.begin());
-    if (counts[largest] < 2) break;
+    if (counts[largest] < 2 * min_members) break;
     std::vector<float> direction(static_cast<std::size_t>(dim_));
     for (auto& x : direction) x = static_cast<float>(rng.normal());
     auto step = torch::tensor(direction).to(words.device());

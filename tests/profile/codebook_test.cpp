@@ -292,6 +292,28 @@ TEST(ResidualCodebookTest, DeadCodesSplitTheMostChosenCodesSymmetrically) {
                {"split_into_dead_codes", "[N, 1]"});
 }
 
+TEST(ResidualCodebookTest, CodesWithFewerThanTheMinimumMembersAreSplitLikeDeadOnes) {
+  ResidualCodebook book(2, 3, 1);
+  const auto original = torch::tensor({1.0f, 0.0f, 0.0f, 2.0f, 5.0f, 5.0f}).reshape({3, 2});
+  book.codewords() = {original.clone()};
+  // Code 0 holds 8 members, code 1 holds 1, code 2 holds 3.
+  const auto codes = torch::tensor({0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2}, torch::kLong);
+  // With the default minimum of one member, no code is dead.
+  EXPECT_EQ(book.split_into_dead_codes(codes, Rng(3)), 0);
+  EXPECT_TRUE(at::equal(book.codewords()[0], original));
+  // Under 2 members, code 1 is starved: it takes half of code 0; code 2 (3 members) keeps its codeword.
+  EXPECT_EQ(book.split_into_dead_codes(codes, Rng(3), 2), 1);
+  const auto& w = book.codewords()[0];
+  EXPECT_TRUE(at::allclose(w[0] + w[1], 2 * original[0]));
+  EXPECT_NEAR((w[1] - original[0]).norm().item<double>(), ResidualCodebook::kSplitStep * 1.0, 1e-5);
+  EXPECT_TRUE(at::equal(w[2], original[2]));
+  // A crowded code too small to give two halves of the minimum is left alone.
+  ResidualCodebook small(2, 3, 1);
+  small.codewords() = {original.clone()};
+  EXPECT_EQ(small.split_into_dead_codes(codes, Rng(3), 5), 0);
+  expect_error([&] { small.split_into_dead_codes(codes, Rng(3), 0); }, {"min_members", "0"});
+}
+
 TEST(ResidualCodebookTest, QuantizationErrorMatchesItsDefinitionAndFallsWithLevels) {
   const auto x = random_points(400, 12, 31);
   double previous = std::numeric_limits<double>::infinity();

@@ -80,9 +80,10 @@ class ResidualCodebook {
   // opposite directions (a Gaussian draw from `rng`, of norm kSplitStep times the halved codeword's), so that the
   // next assignment by the fit's own criterion divides the members between them. The split halves the expected
   // count, so several dead codes spread over the largest codes. Stops when no code has two members. Returns the
-  // number of codes split.
+  // number of codes split. With `min_members` > 1, a code chosen by fewer entries counts as dead too: its few
+  // members go back to the next assignment, and its codeword is better spent splitting a crowded code.
   static constexpr double kSplitStep = 0.05;
-  int split_into_dead_codes(const torch::Tensor& codes, Rng rng);
+  int split_into_dead_codes(const torch::Tensor& codes, Rng rng, std::int64_t min_members = 1);
 
   // Mean over points of ||x - reconstruct(assign(x))||^2.
   double quantization_error(const torch::Tensor& x) const;
