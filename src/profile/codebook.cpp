@@ -372,9 +372,9 @@ int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng,
   check_ready("split_into_dead_codes");
   USERIP_CHECK(codes.dim() == 1 || (codes.dim() == 2 && codes.size(1) == levels_),
                "split_into_dead_codes: codes must be [N] or [N, {}], got {}", levels_, shape_text(codes));
+  USERIP_CHECK(min_members >= 1, "split_into_dead_codes: min_members must be >= 1, got {}", min_members);
   at::NoGradGuard no_grad;
   auto counts = code_usage(codes.dim() == 1 ? codes : codes.select(1, 0), codes_).counts;
-  USERIP_CHECK(min_members >= 1, "split_into_dead_codes: min_members must be >= 1, got {}", min_members);
   auto& words = codewords_[0];
   int split = 0;
   for (std::size_t dead = 0; dead < counts.size(); ++dead) {

@@ -1014,10 +1014,6 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // members first, all codewords are good for their members, and the next rounds' assignments
       // follow what tells the users apart.
       const bool fit_codewords_to_em_codes = round == o.rounds;
-      std::int64_t candidates = 1;
-      if (!fit_codewords_to_em_codes) {
-        for (const auto& c : codebooks) candidates += c.codes();
-      }
       auto r = engine.user_samples(static_cast<std::uint64_t>(round));
       // E-step over all users against the codebook as it stands, then the M-step with those codes
       // held. Assigned batch by batch while the codewords moved (later batches against codewords that
@@ -1035,15 +1031,16 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         return engine.prepare(members);
       };
       if (!fit_codewords_to_em_codes) {
-        auto assigned = codes.clone();
+        std::int64_t candidates = 0;
+        for (const auto& c : codebooks) candidates += c.codes();
+        // In place: a user's samples all lie in one batch, and the codebook does not move during the E-step.
         for (std::size_t b = 0; b < r.batches.size(); ++b) {
           auto p = prepared(b);
-          assigned.index_copy_(0, p.user_rows,
-                               engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), 1));
-          result.tokens += p.labels * (candidates - 1);
+          codes.index_copy_(0, p.user_rows,
+                            engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), 1));
+          result.tokens += p.labels * candidates;
           batch_progress(b, 0.0);
         }
-        codes = assigned;
       }
       for (std::size_t b = 0; b < r.batches.size(); ++b) {
         auto p = prepared(b);
