@@ -152,6 +152,9 @@ void FitOptions::validate() const {
   USERIP_CHECK(refine_rounds >= 0 && refine_rounds <= 1000, "--refine-rounds must be in [0, 1000], got {}", refine_rounds);
   USERIP_CHECK(refine_learning_rate > 0 && refine_learning_rate <= 10, "--refine-learning-rate must be in (0, 10], got {}",
                refine_learning_rate);
+  USERIP_CHECK(refine_steps >= 0 && refine_steps <= 1000000, "--refine-steps must be in [0, 1000000], got {}",
+               refine_steps);
+  USERIP_CHECK(refine_users >= 0, "--refine-users must be >= 0, got {}", refine_users);
   USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
                "--refine-rounds needs the alternating mode, one codebook level (--levels 1) and no ablation");
   USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
@@ -200,6 +203,8 @@ nlohmann::json FitOptions::to_json() const {
   if (refine_rounds > 0) {
     j["refine_rounds"] = refine_rounds;
     j["refine_learning_rate"] = refine_learning_rate;
+    if (refine_steps > 0) j["refine_steps"] = refine_steps;
+    if (refine_users > 0) j["refine_users"] = refine_users;
   }
   return j;
 }
@@ -222,6 +227,8 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.mstep_iterations = j.at("mstep_iterations").get<int>();
     o.refine_rounds = j.value("refine_rounds", 0);  // fits saved before refinement existed have none
     o.refine_learning_rate = j.value("refine_learning_rate", 0.01);
+    o.refine_steps = j.value("refine_steps", 0);
+    o.refine_users = j.value("refine_users", std::int64_t{0});
     o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
     o.joint_batch = j.at("joint_batch").get<std::int64_t>();
     o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();
@@ -427,10 +434,15 @@ class Engine {
   // interactions makes the gradient mostly about that window's titles and years, which the next
   // round's window does not share: profiles then chase noise instead of settling on taste.
   // `whole_history` keeps every sample of each user (fold-in by likelihood, which reads them once).
-  Round user_samples(std::uint64_t round, bool whole_history = false) const {
+  // `only` (rows of users()), when given, limits the round to those users.
+  Round user_samples(std::uint64_t round, bool whole_history = false,
+                     const std::vector<std::int64_t>* only = nullptr) const {
     Round r;
     std::vector<std::pair<std::size_t, std::size_t>> spans;  // per user: [first, last) in r.samples
-    for (std::uint32_t u : users_) {
+    std::vector<std::uint32_t> chosen;
+    if (only)
+      for (auto row : *only) chosen.push_back(users_.at(static_cast<std::size_t>(row)));
+    for (std::uint32_t u : only ? chosen : users_) {
       auto chunks = builder_.evaluation_samples(u, history_);
       const auto keep = static_cast<std::size_t>(o_.samples.samples_per_user);
       if (!whole_history && chunks.size() > keep) {
@@ -984,6 +996,18 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   const std::int64_t tokens_before_loop = result.tokens;
   bool interrupted = false;
   const bool fit_vectors = o.ablation != ProfileAblation::random;
+  // The users whose codes and samples the refinement rounds work on (all unless --refine-users);
+  // the final pass then gives every user its codes.
+  std::vector<std::int64_t> refine_rows;
+  if (o.refine_rounds > 0 && o.refine_users > 0 && o.refine_users < U) {
+    std::vector<std::int64_t> all(static_cast<std::size_t>(U));
+    std::iota(all.begin(), all.end(), std::int64_t{0});
+    Rng rng = Rng::derive(o.seed, 4000);
+    rng.shuffle(all);
+    refine_rows.assign(all.begin(), all.begin() + o.refine_users);
+    std::sort(refine_rows.begin(), refine_rows.end());
+  }
+  const auto refine_count = refine_rows.empty() ? U : static_cast<std::int64_t>(refine_rows.size());
   for (int round = start_round; round < total_rounds && !interrupted; ++round) {
     const bool refining = round >= o.rounds;
     const double lambda = joint ? 0.0 : lambda_for_round(o, std::min(round, o.rounds - 1));
@@ -992,13 +1016,15 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // Checkpoints fall on round boundaries only: z then holds every user's codewords, from which
       // the distance assignment gives back the codes exactly.
       torch::Tensor codes = assign_all(engine, z, codebooks).select(2, 0).to(o.device);
+      const auto refined_codes =
+          refine_rows.empty() ? codes : codes.index_select(0, torch::tensor(refine_rows).to(o.device));
       for (std::size_t a = 0; a < codebooks.size(); ++a) {
         // A code left with under a quarter of its fair share counts as dead: after the second refinement round on
         // the 1,800-user world one taste code held 33 users and another 608, two classes' worth, and only empty
         // codes were split.
-        const auto min_members = std::max<std::int64_t>(1, U / (4 * codebooks[a].codes()));
+        const auto min_members = std::max<std::int64_t>(1, refine_count / (4 * codebooks[a].codes()));
         const int split = codebooks[a].split_into_dead_codes(
-            codes.select(1, static_cast<long>(a)),
+            refined_codes.select(1, static_cast<long>(a)),
             Rng::derive(o.seed, 500 + 64 * static_cast<std::uint64_t>(round) + a), min_members);
         if (split > 0)
           spdlog::info("round {}: {} dead code(s) of '{}' (under {} users) split off its most chosen codes", round + 1,
@@ -1014,7 +1040,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // members first, all codewords are good for their members, and the next rounds' assignments
       // follow what tells the users apart.
       const bool fit_codewords_to_em_codes = round == o.rounds;
-      auto r = engine.user_samples(static_cast<std::uint64_t>(round));
+      auto r = engine.user_samples(static_cast<std::uint64_t>(round), false, refine_rows.empty() ? nullptr : &refine_rows);
       // E-step over all users against the codebook as it stands, then the M-step with those codes
       // held. Assigned batch by batch while the codewords moved (later batches against codewords that
       // earlier ones had already pulled towards their members), the taste codes of the 1,800-user
@@ -1042,13 +1068,16 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
           batch_progress(b, 0.0);
         }
       }
-      for (std::size_t b = 0; b < r.batches.size(); ++b) {
+      const std::size_t batches = r.batches.size();
+      const std::size_t steps = o.refine_steps > 0 ? std::min<std::size_t>(o.refine_steps, batches) : batches;
+      const auto step_of = [&](std::size_t b) { return b * steps / batches; };
+      for (std::size_t b = 0; b < batches; ++b) {
         auto p = prepared(b);
         auto local = codes.index_select(0, p.user_rows);
-        optimizer.zero_grad();
+        if (b == 0 || step_of(b) != step_of(b - 1)) optimizer.zero_grad();
         auto nll_rows = engine.row_nll(p, engine.compose(codebooks, local));
         (nll_rows * p.row_weight).sum().backward();
-        optimizer.step();
+        if (b + 1 == batches || step_of(b + 1) != step_of(b)) optimizer.step();
         pass.nll += nll_rows.detach().sum().item<double>();
         pass.tokens += p.labels;
         result.tokens += p.labels;

@@ -40,7 +40,11 @@ void ProgressBar::set(std::uint64_t done) {
   maybe_draw(false);
 }
 
-void ProgressBar::set_metric(std::string metric) { metric_ = std::move(metric); }
+// Drawn like a count change: some phases (a profile fit's final pass) report only through the metric.
+void ProgressBar::set_metric(std::string metric) {
+  metric_ = std::move(metric);
+  maybe_draw(false);
+}
 
 std::string ProgressBar::format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";

@@ -169,6 +169,43 @@ double user_nll(const Profiles& fitted, const FitOptions& options, const data::S
   return e.own * static_cast<double>(e.tokens);
 }
 
+// One refinement round after one EM round: from the same EM codebook, --refine-steps 1 moves each codeword
+// coordinate by at most one Adam step (the learning rate), one step per batch moves it further, and
+// --refine-users fits on fewer users' tokens while every user still ends on its codewords.
+TEST_F(ProfileFit, RefinementStepsBoundHowFarCodewordsMoveAndRefinementUsersLimitWhoseSamplesFitThem) {
+  auto options = small_options();
+  options.rounds = 1;
+  const auto fit_with = [&](int refine_rounds, int refine_steps, std::int64_t refine_users) {
+    TempDir dir;
+    auto o = options;
+    o.refine_rounds = refine_rounds;
+    o.refine_steps = refine_steps;
+    o.refine_users = refine_users;
+    return fit_profiles(g_world->inputs(), o, dir.path());
+  };
+  const auto em = fit_with(0, 0, 0);
+  const auto moved = [&](const FitResult& fit) {
+    double most = 0;
+    for (std::size_t a = 0; a < em.profiles.codebooks.size(); ++a)
+      most = std::max(most, (fit.profiles.codebooks[a].codewords()[0] - em.profiles.codebooks[a].codewords()[0])
+                                .abs().max().item<double>());
+    return most;
+  };
+  const double lr = options.refine_learning_rate;
+  const auto one_step = fit_with(1, 1, 0);
+  const auto all = fit_with(1, 0, 0);
+  EXPECT_GT(moved(one_step), 0.5 * lr);
+  EXPECT_LE(moved(one_step), lr * (1 + 1e-4));
+  EXPECT_GT(moved(all), 1.5 * lr);
+
+  const auto few = fit_with(1, 0, 10);
+  ASSERT_EQ(few.log.size(), 2u);
+  EXPECT_GT(few.log[1].tokens, 0);
+  EXPECT_LT(few.log[1].tokens, all.log[1].tokens / 4);
+  for (std::size_t a = 0; a < few.profiles.attributes.size(); ++a)
+    EXPECT_TRUE(torch::allclose(few.profiles.attribute_vectors(a), codeword_vectors(few.profiles, few.profiles.codes, a)));
+}
+
 TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLikeliestCodes) {
   TempDir dir;
   auto options = small_options();
@@ -429,6 +466,12 @@ TEST_F(ProfileFit, BadOptionsAreRejected) {
   o.refine_rounds = 2;
   o.levels = 2;
   testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--refine-rounds", "--levels 1"});
+  o = small_options();
+  o.refine_steps = -1;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--refine-steps"});
+  o = small_options();
+  o.refine_users = -1;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--refine-users"});
 }
 
 }  // namespace

@@ -56,6 +56,30 @@ inline profile::FitOptions small_fit_options() {
   return o;
 }
 
+// A synthetic world with its train/validation/test/cold split cut by the world's own seed.
+inline data::SynthWorld split_synthetic_world(const data::SynthOptions& options) {
+  auto world = data::generate_synthetic(options);
+  data::SplitConfig split;
+  split.seed = options.seed;
+  world.dataset.split = data::make_split(world.dataset, split);
+  return world;
+}
+
+// The shape of the profile tests' LMs (0.1 M parameters), trained for `steps` from `seed`, quietly.
+inline lm::PretrainOptions tiny_lm_options(std::int64_t steps, std::uint64_t seed) {
+  lm::PretrainOptions po;
+  po.hidden_size = 48;
+  po.num_layers = 2;
+  po.num_heads = 2;
+  po.intermediate_size = 128;
+  po.vocab_size = 400;
+  po.steps = steps;
+  po.eval_every = po.checkpoint_every = steps;
+  po.show_progress = false;
+  po.seed = seed;
+  return po;
+}
+
 // nullptr when spm_train (Debian package sentencepiece) is not installed.
 inline std::unique_ptr<ProfileWorld> make_profile_world() {
   namespace fs = std::filesystem;
@@ -72,29 +96,16 @@ inline std::unique_ptr<ProfileWorld> make_profile_world() {
   so.mean_interactions = 20;
   so.seed = 5;
   so.show_progress = false;
-  auto world = data::generate_synthetic(so);
-  data::SplitConfig split;
-  split.seed = 5;
-  world.dataset.split = data::make_split(world.dataset, split);
+  auto world = split_synthetic_world(so);
   w->dataset = std::move(world.dataset);
   w->truth = world.truth;
 
   auto corpus = userip::text::build_corpus(w->dataset, userip::text::default_corpus_options(w->dataset));
-  lm::PretrainOptions po;
-  po.hidden_size = 48;
-  po.num_layers = 2;
-  po.num_heads = 2;
-  po.intermediate_size = 128;
-  po.vocab_size = 400;
+  auto po = tiny_lm_options(60, 3);
   po.context = 128;
-  po.steps = 60;
   po.batch_sequences = 16;
   po.learning_rate = 5e-3;
   po.warmup_steps = 10;
-  po.eval_every = 60;
-  po.checkpoint_every = 60;
-  po.show_progress = false;
-  po.seed = 3;
   w->lm_dir = fs::temp_directory_path() / "userip-test-profile-fit-lm";
   {
     const int lock = ::open((fs::temp_directory_path() / "userip-test-profile-fit-lm.lock").c_str(), O_CREAT | O_RDWR, 0644);

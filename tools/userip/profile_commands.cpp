@@ -134,6 +134,14 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--refine-learning-rate", o.refine_learning_rate,
                     "Adam learning rate of the codewords in refinement rounds")
         ->capture_default_str();
+    cmd->add_option("--refine-steps", o.refine_steps,
+                    "Adam steps on the codewords per refinement round, each on the gradient of an equal share of the "
+                    "round's batches (0 = one step per batch)")
+        ->capture_default_str();
+    cmd->add_option("--refine-users", o.refine_users,
+                    "Users (a seeded draw, the same in every refinement round) on whom the refinement rounds fit "
+                    "the codewords; the last round's final pass still gives every user its codes (0 = all users)")
+        ->capture_default_str();
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();

@@ -71,6 +71,12 @@ struct FitOptions {
   // weighs them as the LM does. Needs codebooks with one level. 0 = off.
   int refine_rounds = 0;
   double refine_learning_rate = 0.01;  // Adam on the codewords in refinement rounds
+  // Adam steps per refinement round, each on the gradient summed over an equal share of the round's
+  // batches; 0 = one step per batch (so the codewords move further per round the more users there are).
+  int refine_steps = 0;
+  // Users (a seeded draw, the same every round) whose codes the refinement rounds assign and whose
+  // samples fit the codewords; the final pass gives every user its codes. 0 = all users.
+  std::int64_t refine_users = 0;
 
   // Joint mode (the released code's defaults).
   double joint_learning_rate = 0.01;

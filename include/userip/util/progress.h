@@ -18,7 +18,7 @@ class ProgressBar {
 
   void advance(std::uint64_t n = 1);
   void set(std::uint64_t done);
-  // A short live figure shown after the rate, e.g. "loss 2.31".
+  // A short live figure shown after the rate, e.g. "loss 2.31"; redrawn as set() would.
   void set_metric(std::string metric);
   // Draws the final state and a newline. Called by the destructor if not called before.
   void finish();
