@@ -1041,8 +1041,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // follow what tells the users apart.
       const bool fit_codewords_to_em_codes = round == o.rounds;
       auto r = engine.user_samples(static_cast<std::uint64_t>(round), false, refine_rows.empty() ? nullptr : &refine_rows);
-      // E-step over all users against the codebook as it stands, then the M-step with those codes
-      // held. Assigned batch by batch while the codewords moved (later batches against codewords that
+      // E-step over the round's users (every user unless --refine-users) against the codebook as it
+      // stands, then the M-step with those codes held. Assigned batch by batch while the codewords moved (later batches against codewords that
       // earlier ones had already pulled towards their members), the taste codes of the 1,800-user
       // world swung between rounds (one code from 601 to 738 users, another to none), where 270
       // users, with a sixth of the steps per round, settled.
