@@ -17,6 +17,10 @@ pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 # libtorch: Debian's CPU build (1.13) by default; a CUDA libtorch 2.x from a PyTorch wheel is
 # picked up with -DCMAKE_PREFIX_PATH=$(python3 -c 'import torch;print(torch.utils.cmake_prefix_path)').
 find_package(Torch REQUIRED)
+if(Torch_VERSION VERSION_GREATER_EQUAL 2.13 AND CMAKE_CXX_STANDARD LESS 20)
+  message(STATUS "libtorch ${Torch_VERSION} needs C++20: building as C++20")
+  set(CMAKE_CXX_STANDARD 20)
+endif()
 
 if(USERIP_BUILD_TESTS)
   find_package(GTest REQUIRED)

@@ -30,7 +30,8 @@ def compare(args):
                               "--device", "cuda", "--dtype", "f32"], check=True, capture_output=True, text=True)
         lines = [json.loads(l) for l in run.stdout.splitlines() if l.strip()]
         lines = [l for l in lines if not l.get("summary") and len(l["tokens"]) >= 2]
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).cuda().eval()
+        # No dtype argument: its name changed between transformers 4 and 5; .float() says it for both.
+        model = AutoModelForCausalLM.from_pretrained(model_dir).float().cuda().eval()
         worst, compared = 0.0, 0
         with torch.no_grad():
             for line in lines:

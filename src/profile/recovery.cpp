@@ -7,11 +7,29 @@
 #include "userip/util/error.h"
 
 namespace userip::profile {
+namespace {
+
+std::vector<std::vector<std::int64_t>> contingency(const std::vector<std::int32_t>& codes,
+                                                   const std::vector<std::int32_t>& classes) {
+  if (codes.empty()) return {};
+  const auto rows = 1 + *std::max_element(codes.begin(), codes.end());
+  const auto columns = 1 + *std::max_element(classes.begin(), classes.end());
+  std::vector<std::vector<std::int64_t>> table(static_cast<std::size_t>(rows),
+                                               std::vector<std::int64_t>(static_cast<std::size_t>(columns), 0));
+  for (std::size_t i = 0; i < codes.size(); ++i)
+    ++table[static_cast<std::size_t>(codes[i])][static_cast<std::size_t>(classes[i])];
+  return table;
+}
+
+}  // namespace
 
 nlohmann::json RecoveryReport::to_json() const {
   nlohmann::json per = nlohmann::json::object();
   for (std::size_t a = 0; a < attributes.size(); ++a)
-    per[attributes[a]] = {{"taste_nmi", taste_nmi[a]}, {"background_nmi", background_nmi[a]}};
+    per[attributes[a]] = {{"taste_nmi", taste_nmi[a]},
+                          {"background_nmi", background_nmi[a]},
+                          {"users_by_code_and_taste", taste_table[a]},
+                          {"users_by_code_and_background", background_table[a]}};
   return {{"users", users},
           {"codes", per},
           {"control_category_histogram_kmeans", {{"taste_nmi", control_taste_nmi}, {"background_nmi", control_background_nmi}}}};
@@ -36,6 +54,8 @@ RecoveryReport ground_truth_recovery(const Profiles& profiles, const data::Synth
     r.attributes.push_back(profiles.attributes[a].name);
     r.taste_nmi.push_back(normalized_mutual_information(c, taste));
     r.background_nmi.push_back(normalized_mutual_information(c, background));
+    r.taste_table.push_back(contingency(c, taste));
+    r.background_table.push_back(contingency(c, background));
   }
   const auto histograms = category_histograms(history, profiles.users, field);
   auto classes = [](const std::vector<std::int32_t>& v) {

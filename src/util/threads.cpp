@@ -36,6 +36,7 @@ BlasInfo detect_blas() {
   std::string resolved = std::filesystem::canonical(where.dli_fname, ec).string();
   if (ec) resolved = where.dli_fname;
   info.is_openblas = resolved.find("openblas") != std::string::npos;
+  info.is_reference = !info.is_openblas && std::filesystem::path(resolved).filename().string().rfind("libblas.so", 0) == 0;
   info.name = info.is_openblas ? "OpenBLAS" : resolved;
   if (auto get_config = reinterpret_cast<GetConfigFn>(dlsym(RTLD_DEFAULT, "openblas_get_config"))) {
     if (info.is_openblas && get_config()) info.config = get_config();

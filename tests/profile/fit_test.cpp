@@ -348,6 +348,22 @@ TEST_F(ProfileFit, RecoveryReportsNmiOfCodesAndOfTheControl) {
   // The control sees the categories users chose: far above chance for taste in this world.
   EXPECT_GT(r.control_taste_nmi, 0.5);
   EXPECT_EQ(r.to_json()["codes"]["taste"]["taste_nmi"], 1.0);
+  // The tables count users per (code, class): codes that are the classes fill a diagonal.
+  const auto on_diagonal = [](const std::vector<std::vector<std::int64_t>>& table) {
+    std::int64_t diagonal = 0, total = 0;
+    for (std::size_t code = 0; code < table.size(); ++code)
+      for (std::size_t c = 0; c < table[code].size(); ++c) {
+        total += table[code][c];
+        if (code == c) diagonal += table[code][c];
+      }
+    return std::make_pair(diagonal, total);
+  };
+  EXPECT_EQ(on_diagonal(r.taste_table[0]), std::make_pair(static_cast<std::int64_t>(p.users.size()),
+                                                          static_cast<std::int64_t>(p.users.size())));
+  EXPECT_EQ(on_diagonal(r.background_table[1]), std::make_pair(static_cast<std::int64_t>(p.users.size()),
+                                                               static_cast<std::int64_t>(p.users.size())));
+  EXPECT_LT(on_diagonal(r.background_table[0]).first, static_cast<std::int64_t>(p.users.size()));
+  EXPECT_EQ(r.to_json()["codes"]["background"]["users_by_code_and_background"], r.background_table[1]);
 }
 
 TEST_F(ProfileFit, CommandLineFitInferExplainAndBank) {

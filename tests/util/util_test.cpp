@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <csignal>
+
 #include "support/temp_dir.h"
+#include "userip/util/crash.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
@@ -99,6 +102,21 @@ TEST(Threads, ConfiguresRequestedCountAndDetectsBlas) {
   EXPECT_THROW(configure_threads(-1), Error);
   BlasInfo blas = detect_blas();
   EXPECT_FALSE(blas.name.empty());
+  EXPECT_FALSE(blas.is_openblas && blas.is_reference);
+}
+
+TEST(CrashHandler, NamesTheSignalAndPrintsTheCallStackThenDiesOfTheSameSignal) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer keeps its own handler";
+#else
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        install_crash_handler();
+        std::raise(SIGSEGV);
+      },
+      ::testing::KilledBySignal(SIGSEGV), "fatal signal SIGSEGV.*call stack");
+#endif
 }
 
 TEST(Threads, WarnsAtStartUpWhenTheBlasIsNotOpenBlas) {

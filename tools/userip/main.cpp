@@ -6,6 +6,7 @@
 
 #include "commands.h"
 #include "userip/util/allocator.h"
+#include "userip/util/crash.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
 #include "userip/util/threads.h"
@@ -25,6 +26,7 @@ void on_run(CLI::App* command, Action action) { actions().emplace_back(command, 
 
 int main(int argc, char** argv) {
   using namespace userip;
+  install_crash_handler();
   CLI::App app{
       "userip: infer each user's latent profile with a frozen language model (UserIP-Tuning),\n"
       "quantize it into profile IDs, and measure and serve them in CTR models."};
@@ -56,7 +58,7 @@ int main(int argc, char** argv) {
     configure_allocator();
     int threads = configure_threads(global.threads);
     BlasInfo blas = detect_blas();
-    if (!blas.is_openblas) {
+    if (blas.is_reference) {
       spdlog::warn("the BLAS in use is {} rather than OpenBLAS: linear algebra will be about 10x slower; "
                    "install it with scripts/setup.sh (package libopenblas0-pthread)",
                    blas.name);

@@ -312,6 +312,23 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                                  report.background_nmi[a]);
       std::cout << fmt::format("  control (k-means of {} histograms, no LM): {:.3f} / {:.3f}\n", *field,
                                report.control_taste_nmi, report.control_background_nmi);
+      const auto print_table = [](const std::string& attribute, const std::string& classes,
+                                  const std::vector<std::vector<std::int64_t>>& table) {
+        if (table.empty()) return;
+        std::cout << fmt::format("users by code of {} (rows) and {} class (columns):\n", attribute, classes);
+        for (std::size_t code = 0; code < table.size(); ++code)
+          std::cout << fmt::format("  {:>4} {:>6}\n", code, fmt::join(table[code], " "));
+      };
+      for (std::size_t a = 0; a < report.attributes.size(); ++a) {
+        // Each attribute against its namesake latent class (the synthetic template's), else against
+        // the classes it recovers best.
+        const auto& name = report.attributes[a];
+        const bool taste = name == "taste" || (name != "background" && report.taste_nmi[a] >= report.background_nmi[a]);
+        if (taste)
+          print_table(report.attributes[a], "taste", report.taste_table[a]);
+        else
+          print_table(report.attributes[a], "background", report.background_table[a]);
+      }
     });
   }
 

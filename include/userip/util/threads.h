@@ -8,10 +8,13 @@ struct BlasInfo {
   std::string name;     // "OpenBLAS", or the file the BLAS symbols came from
   std::string config;   // OpenBLAS' own config string (core type, thread model), if OpenBLAS
   bool is_openblas = false;
+  // Netlib's reference BLAS (Debian's libblas3), about 10x slower than OpenBLAS. Other BLAS
+  // (OpenBLAS, or the MKL inside a PyTorch wheel's libtorch_cpu) are fine.
+  bool is_reference = false;
 };
 
 // Which BLAS the process actually resolved (Debian's libblas.so.3 is an alternatives link:
-// without libopenblas0-pthread it is the reference BLAS, about 10x slower).
+// without libopenblas0-pthread it is the reference BLAS).
 BlasInfo detect_blas();
 
 // Sets ATen intra-op threads and OpenBLAS threads to `threads` (0 = all cores) and ATen
