@@ -166,6 +166,7 @@ Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options) 
   USERIP_CHECK(options.heldout_fraction >= 0 && options.heldout_fraction < 1,
                "the held-out fraction must lie in [0, 1), got {}", options.heldout_fraction);
   Corpus corpus;
+  corpus.options = options;
   Rng rng(options.seed);
   auto add = [&](std::string line) {
     (rng.uniform() < options.heldout_fraction ? corpus.heldout : corpus.train).push_back(std::move(line));
@@ -198,6 +199,7 @@ Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options) 
     }
     if (!document.empty()) add_document(std::move(document));
   }
+  if (options.shuffle_documents) Rng::derive(options.seed, 1).shuffle(corpus.train);
   return corpus;
 }
 

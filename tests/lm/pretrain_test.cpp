@@ -131,6 +131,10 @@ TEST_F(Pretrain, LearnsSavesLoadsAndReuses) {
                            "pretrain.json", "pretrain_log.jsonl"})
     EXPECT_TRUE(fs::exists(out / file)) << file;
   EXPECT_FALSE(fs::exists(out / "checkpoint"));
+  // The record says how the corpus was cut, which the weights depend on as much as on the options.
+  const auto record = nlohmann::json::parse(read_file(out / "pretrain.json"));
+  EXPECT_EQ(record["corpus"]["sentences_per_document"], corpus.options.sentences_per_document);
+  EXPECT_EQ(record["corpus"]["shuffle_documents"], corpus.options.shuffle_documents);
   const CausalLM model = load_model(out);
   const auto tokenizer = load_model_tokenizer(out);
   EXPECT_TRUE(model.is_frozen());

@@ -76,6 +76,35 @@ void print_info(const std::filesystem::path& path) {
       s.add_bos ? "yes" : "no", config.tie_word_embeddings ? "yes" : "no");
 }
 
+
+// `lm pretrain` and `lm corpus` build the same corpus from the same options, so that `lm corpus` shows
+// exactly what `lm pretrain` trains on.
+struct CorpusFlags {
+  std::size_t sentences_per_document = text::CorpusOptions{}.sentences_per_document;
+  bool shuffle_documents = false;
+};
+
+std::shared_ptr<CorpusFlags> add_corpus_flags(CLI::App* cmd) {
+  auto flags = std::make_shared<CorpusFlags>();
+  cmd->add_option("--sentences-per-document", flags->sentences_per_document,
+                  "Behaviour sentences per corpus document, after the user's summary in most documents: with fewer, "
+                  "the LM must read the summary, not the user's earlier sentences, to predict a choice")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_flag("--shuffle-documents", flags->shuffle_documents,
+                "Training documents in a seeded random order, not user by user, so that a training window holds "
+                "no earlier documents of the same user");
+  return flags;
+}
+
+text::Corpus corpus_of(const data::Dataset& dataset, std::uint64_t seed, const CorpusFlags& flags) {
+  auto options = text::default_corpus_options(dataset);
+  options.seed = seed;
+  options.sentences_per_document = flags.sentences_per_document;
+  options.shuffle_documents = flags.shuffle_documents;
+  return text::build_corpus(dataset, options);
+}
+
 }  // namespace
 
 void add_lm_commands(CLI::App& app, GlobalOptions& global) {
@@ -106,12 +135,11 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
         ->capture_default_str();
     cmd->add_option("--seed", o->seed, "Seed of weights, batches and tokenizer")->capture_default_str();
     cmd->add_option("--device", *device, "cpu or cuda[:N]")->capture_default_str();
-    on_run(cmd, [dataset, out, o, device] {
+    auto corpus_flags = add_corpus_flags(cmd);
+    on_run(cmd, [dataset, out, o, device, corpus_flags] {
       o->device = device_of(*device);
       auto d = data::Dataset::load(*dataset);
-      auto corpus_options = text::default_corpus_options(d);
-      corpus_options.seed = o->seed;
-      auto corpus = text::build_corpus(d, corpus_options);
+      auto corpus = corpus_of(d, o->seed, *corpus_flags);
       spdlog::info("corpus: {} item lines, {} behaviour sentences -> {} training and {} held-out documents",
                    corpus.item_lines, corpus.behaviour_lines, corpus.train.size(), corpus.heldout.size());
       auto result = lm::pretrain_lm(corpus, *o, *out);
@@ -131,11 +159,10 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
     cmd->add_option("--dataset", *dataset, "Dataset directory")->required();
     cmd->add_option("--out", *out, "Text file to write (training documents, then held-out ones)")->required();
     cmd->add_option("--seed", *seed, "Seed of the held-out draw (as lm pretrain --seed)")->capture_default_str();
-    on_run(cmd, [dataset, out, seed] {
+    auto corpus_flags = add_corpus_flags(cmd);
+    on_run(cmd, [dataset, out, seed, corpus_flags] {
       auto d = data::Dataset::load(*dataset);
-      auto corpus_options = text::default_corpus_options(d);
-      corpus_options.seed = *seed;
-      auto corpus = text::build_corpus(d, corpus_options);
+      auto corpus = corpus_of(d, *seed, *corpus_flags);
       std::string text;
       for (const auto* part : {&corpus.train, &corpus.heldout})
         for (const auto& line : *part) text += line + "\n";

@@ -18,6 +18,10 @@ struct CorpusOptions {
   // Short documents keep each one, with its user summary, inside the LM's context window (a few
   // sentences of about 25-35 tokens each), so that the LM learns to read the summary.
   std::size_t sentences_per_document = 3;
+  // Training documents in a seeded random order instead of user by user: a training window then
+  // holds documents of different users, so the LM cannot learn a user's choices from that user's
+  // neighbouring documents and must take them from the summary.
+  bool shuffle_documents = false;
   // A summary of the document's user, put before its behaviour sentences in a share of the
   // documents, so that the LM learns to condition behaviour on a description of the user at the
   // start of the text: the place where profile templates later put the soft profile tokens after
@@ -32,6 +36,7 @@ struct CorpusOptions {
 };
 
 struct Corpus {
+  CorpusOptions options;  // what it was built with, for the record of a model trained on it
   std::vector<std::string> train;
   std::vector<std::string> heldout;
   std::size_t item_lines = 0;
