@@ -80,28 +80,32 @@ void print_info(const std::filesystem::path& path) {
 // `lm pretrain` and `lm corpus` build the same corpus from the same options, so that `lm corpus` shows
 // exactly what `lm pretrain` trains on.
 struct CorpusFlags {
-  std::size_t sentences_per_document = text::CorpusOptions{}.sentences_per_document;
-  bool shuffle_documents = false;
+  std::size_t sentences_per_document = 0;  // 0: the dataset's default
+  int shuffle_documents = -1;              // -1: the dataset's default
 };
 
 std::shared_ptr<CorpusFlags> add_corpus_flags(CLI::App* cmd) {
   auto flags = std::make_shared<CorpusFlags>();
   cmd->add_option("--sentences-per-document", flags->sentences_per_document,
                   "Behaviour sentences per corpus document, after the user's summary in most documents: with fewer, "
-                  "the LM must read the summary, not the user's earlier sentences, to predict a choice")
-      ->check(CLI::Range(1, 1000))
-      ->capture_default_str();
-  cmd->add_flag("--shuffle-documents", flags->shuffle_documents,
-                "Training documents in a seeded random order, not user by user, so that a training window holds "
-                "no earlier documents of the same user");
+                  "the LM must read the summary, not the user's earlier sentences, to predict a choice (default: 1 "
+                  "for synthetic worlds, 3 otherwise)")
+      ->check(CLI::Range(1, 1000));
+  auto* on = cmd->add_flag_callback(
+      "--shuffle-documents", [flags] { flags->shuffle_documents = 1; },
+      "Training documents in a seeded random order, not user by user, so that a training window holds no other "
+      "document of the same user (default: on for synthetic worlds, off otherwise)");
+  auto* off = cmd->add_flag_callback(
+      "--no-shuffle-documents", [flags] { flags->shuffle_documents = 0; }, "Training documents user by user");
+  on->excludes(off);
   return flags;
 }
 
 text::Corpus corpus_of(const data::Dataset& dataset, std::uint64_t seed, const CorpusFlags& flags) {
   auto options = text::default_corpus_options(dataset);
   options.seed = seed;
-  options.sentences_per_document = flags.sentences_per_document;
-  options.shuffle_documents = flags.shuffle_documents;
+  if (flags.sentences_per_document > 0) options.sentences_per_document = flags.sentences_per_document;
+  if (flags.shuffle_documents >= 0) options.shuffle_documents = flags.shuffle_documents == 1;
   return text::build_corpus(dataset, options);
 }
 
