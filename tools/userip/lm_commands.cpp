@@ -3,6 +3,7 @@
 
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 #include "commands.h"
 #include "model_options.h"
@@ -76,12 +77,11 @@ void print_info(const std::filesystem::path& path) {
       s.add_bos ? "yes" : "no", config.tie_word_embeddings ? "yes" : "no");
 }
 
-
 // `lm pretrain` and `lm corpus` build the same corpus from the same options, so that `lm corpus` shows
 // exactly what `lm pretrain` trains on.
 struct CorpusFlags {
   std::size_t sentences_per_document = 0;  // 0: the dataset's default
-  int shuffle_documents = -1;              // -1: the dataset's default
+  std::optional<bool> shuffle_documents;   // unset: the dataset's default
 };
 
 std::shared_ptr<CorpusFlags> add_corpus_flags(CLI::App* cmd) {
@@ -92,11 +92,11 @@ std::shared_ptr<CorpusFlags> add_corpus_flags(CLI::App* cmd) {
                   "for synthetic worlds, 3 otherwise)")
       ->check(CLI::Range(1, 1000));
   auto* on = cmd->add_flag_callback(
-      "--shuffle-documents", [flags] { flags->shuffle_documents = 1; },
+      "--shuffle-documents", [flags] { flags->shuffle_documents = true; },
       "Training documents in a seeded random order, not user by user, so that a training window holds no other "
       "document of the same user (default: on for synthetic worlds, off otherwise)");
   auto* off = cmd->add_flag_callback(
-      "--no-shuffle-documents", [flags] { flags->shuffle_documents = 0; }, "Training documents user by user");
+      "--no-shuffle-documents", [flags] { flags->shuffle_documents = false; }, "Training documents user by user");
   on->excludes(off);
   return flags;
 }
@@ -105,7 +105,7 @@ text::Corpus corpus_of(const data::Dataset& dataset, std::uint64_t seed, const C
   auto options = text::default_corpus_options(dataset);
   options.seed = seed;
   if (flags.sentences_per_document > 0) options.sentences_per_document = flags.sentences_per_document;
-  if (flags.shuffle_documents >= 0) options.shuffle_documents = flags.shuffle_documents == 1;
+  options.shuffle_documents = flags.shuffle_documents.value_or(options.shuffle_documents);
   return text::build_corpus(dataset, options);
 }
 
