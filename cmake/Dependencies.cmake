@@ -21,6 +21,15 @@ if(Torch_VERSION VERSION_GREATER_EQUAL 2.13 AND CMAKE_CXX_STANDARD LESS 20)
   message(STATUS "libtorch ${Torch_VERSION} needs C++20: building as C++20")
   set(CMAKE_CXX_STANDARD 20)
 endif()
+# PyTorch wheels export the libstdc++ they link statically (std::filesystem and more; pytorch
+# issue #133437). On the GPU machine (Ubuntu 24.04, g++ 13, torch 2.11+cu130) our executable ended
+# up without libstdc++.so.6 among its NEEDED libraries, so `std::filesystem::remove_all` bound to
+# libtorch.so's copy and jumped to address 0 at the end of `profile fit --device cuda` (LD_DEBUG=
+# bindings showed the binding). Naming the shared libstdc++ by file name, first and not as-needed,
+# makes the dynamic linker find the system's own before any library that re-exports it.
+if(CMAKE_SYSTEM_NAME STREQUAL "Linux" AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  set(USERIP_CXX_RUNTIME_FIRST "SHELL:-Wl,--push-state,--no-as-needed -l:libstdc++.so.6 -Wl,--pop-state")
+endif()
 
 if(USERIP_BUILD_TESTS)
   find_package(GTest REQUIRED)
