@@ -213,6 +213,32 @@ std::vector<torch::Tensor> ResidualCodebook::codewords_on(torch::Device device) 
   return out;
 }
 
+ResidualCodebook::Seeding ResidualCodebook::init_kmeanspp_best_of(const torch::Tensor& x, std::uint64_t seed,
+                                                                  int restarts, int iterations) {
+  USERIP_CHECK(restarts >= 1, "k-means++ restarts must be >= 1, got {}", restarts);
+  USERIP_CHECK(iterations >= 0, "Lloyd iterations must be >= 0, got {}", iterations);
+  Seeding result;
+  if (restarts == 1) {
+    init_kmeanspp(x, seed);
+    return result;
+  }
+  at::NoGradGuard no_grad;
+  const auto seed_of = [seed](int r) { return r == 0 ? seed : Rng::derive(seed, static_cast<std::uint64_t>(r)).next_u64(); };
+  for (int r = 0; r < restarts; ++r) {
+    ResidualCodebook trial(dim_, codes_, levels_);
+    trial.init_kmeanspp(x, seed_of(r));
+    for (int i = 0; i < iterations; ++i) trial.update_means(x, trial.assign(x));
+    const double error = trial.quantization_error(x);
+    if (r == 0 || error < result.best_error) {
+      result.best_error = error;
+      result.kept = r;
+    }
+    if (r == 0 || error > result.worst_error) result.worst_error = error;
+  }
+  init_kmeanspp(x, seed_of(result.kept));
+  return result;
+}
+
 void ResidualCodebook::init_kmeanspp(const torch::Tensor& x, std::uint64_t seed) {
   check_points(x, "x");
   at::NoGradGuard no_grad;

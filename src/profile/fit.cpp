@@ -149,6 +149,8 @@ void FitOptions::validate() const {
                "the prior weights need 0 < --lambda-start <= --lambda-end, got {} and {}", lambda_start, lambda_end);
   USERIP_CHECK(mstep_iterations >= 1 && mstep_iterations <= 1000, "--mstep-iterations must be in [1, 1000], got {}",
                mstep_iterations);
+  USERIP_CHECK(kmeans_restarts >= 1 && kmeans_restarts <= 1000, "--kmeans-restarts must be in [1, 1000], got {}",
+               kmeans_restarts);
   USERIP_CHECK(refine_rounds >= 0 && refine_rounds <= 1000, "--refine-rounds must be in [0, 1000], got {}", refine_rounds);
   USERIP_CHECK(refine_learning_rate > 0 && refine_learning_rate <= 10, "--refine-learning-rate must be in (0, 10], got {}",
                refine_learning_rate);
@@ -199,6 +201,8 @@ nlohmann::json FitOptions::to_json() const {
           {"max_batch_rows", max_batch_rows},
           {"max_eval_users", max_eval_users},
           {"seed", seed}};
+  // Only when not 1 (one seeding, as before restarts existed), so that such fits keep their fingerprints.
+  if (kmeans_restarts != 1) j["kmeans_restarts"] = kmeans_restarts;
   // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
   if (refine_rounds > 0) {
     j["refine_rounds"] = refine_rounds;
@@ -225,6 +229,7 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.lambda_start = j.at("lambda_start").get<double>();
     o.lambda_end = j.at("lambda_end").get<double>();
     o.mstep_iterations = j.at("mstep_iterations").get<int>();
+    o.kmeans_restarts = j.value("kmeans_restarts", 1);  // fits saved before restarts existed had one seeding
     o.refine_rounds = j.value("refine_rounds", 0);  // fits saved before refinement existed have none
     o.refine_learning_rate = j.value("refine_learning_rate", 0.01);
     o.refine_steps = j.value("refine_steps", 0);
@@ -1161,8 +1166,16 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     if (uses_codebooks(o)) {
       torch::NoGradGuard no_grad;
       if (!codebooks_ready) {
-        for (std::size_t a = 0; a < codebooks.size(); ++a)
-          codebooks[a].init_kmeanspp(engine.attribute_view(z, a), Rng::derive(o.seed, 300 + a).next_u64());
+        for (std::size_t a = 0; a < codebooks.size(); ++a) {
+          const auto seeding = codebooks[a].init_kmeanspp_best_of(
+              engine.attribute_view(z, a), Rng::derive(o.seed, 300 + a).next_u64(), o.kmeans_restarts,
+              o.mstep_iterations);
+          if (o.kmeans_restarts > 1)
+            spdlog::info("attribute '{}': k-means seeding {} of {} kept (quantization error {:.4g} after {} Lloyd "
+                         "steps; the worst seeding {:.4g})",
+                         attributes[a].name, seeding.kept + 1, o.kmeans_restarts, seeding.best_error,
+                         o.mstep_iterations, seeding.worst_error);
+        }
         codebooks_ready = true;
       }
       if (!joint && !refining) mstep(engine, z, codebooks, o.mstep_iterations);

@@ -142,6 +142,62 @@ TEST(ResidualCodebookTest, KMeansPlusPlusSeedsWithDataPointsAndIsDeterministic) 
   }
 }
 
+// Points around `centres` (2-D), `per` each, with Gaussian noise of `sd`.
+torch::Tensor clustered_points(const std::vector<std::pair<double, double>>& centres, std::int64_t per, double sd,
+                               std::uint64_t seed) {
+  Rng rng(seed);
+  auto x = torch::empty({static_cast<std::int64_t>(centres.size()) * per, 2}, torch::kFloat);
+  auto a = x.accessor<float, 2>();
+  std::int64_t i = 0;
+  for (const auto& [cx, cy] : centres) {
+    for (std::int64_t n = 0; n < per; ++n, ++i) {
+      a[i][0] = static_cast<float>(cx + sd * rng.normal());
+      a[i][1] = static_cast<float>(cy + sd * rng.normal());
+    }
+  }
+  return x;
+}
+
+double error_after_lloyd(ResidualCodebook book, const torch::Tensor& x, int iterations) {
+  for (int i = 0; i < iterations; ++i) book.update_means(x, book.assign(x));
+  return book.quantization_error(x);
+}
+
+TEST(ResidualCodebookTest, OneRestartIsPlainKMeansPlusPlusSeeding) {
+  const auto x = random_points(100, 4, 5);
+  ResidualCodebook a(4, 8, 2), b(4, 8, 2);
+  a.init_kmeanspp(x, 99);
+  const auto seeding = b.init_kmeanspp_best_of(x, 99, 1, 5);
+  EXPECT_EQ(a.fingerprint(), b.fingerprint());
+  EXPECT_EQ(seeding.kept, 0);
+  expect_error([&] { b.init_kmeanspp_best_of(x, 99, 0, 5); }, {"restarts must be >= 1"});
+}
+
+TEST(ResidualCodebookTest, BestOfRestartsKeepsTheSeedingWhoseLloydRunEndsLowest) {
+  // Nine clusters on a grid, close enough that one k-means++ seeding often leaves two clusters under one
+  // code and splits another: a local optimum Lloyd steps do not leave.
+  std::vector<std::pair<double, double>> centres;
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) centres.emplace_back(3.0 * i, 3.0 * j);
+  const auto x = clustered_points(centres, 30, 0.6, 17);
+  const int iterations = 5;
+  int improved = 0;
+  for (std::uint64_t seed = 0; seed < 16; ++seed) {
+    ResidualCodebook single(2, 9, 1), best(2, 9, 1);
+    single.init_kmeanspp(x, seed);
+    const auto seeding = best.init_kmeanspp_best_of(x, seed, 8, iterations);
+    const double single_error = error_after_lloyd(single, x, iterations);
+    // The codebook is left at the kept seeding: the caller's own Lloyd steps reproduce the judged run.
+    EXPECT_NEAR(error_after_lloyd(best, x, iterations), seeding.best_error, 1e-6) << "seed " << seed;
+    EXPECT_LE(seeding.best_error, single_error + 1e-9) << "seed " << seed;  // seeding 0 is the seed itself
+    EXPECT_LE(seeding.best_error, seeding.worst_error);
+    EXPECT_GE(seeding.kept, 0);
+    EXPECT_LT(seeding.kept, 8);
+    if (seeding.best_error < single_error - 1e-3) ++improved;
+  }
+  EXPECT_GT(improved, 0) << "no seed's single k-means++ run was beaten by another seeding: the data have no local optima";
+}
+
 TEST(ResidualCodebookTest, FewerPointsThanCodesDuplicatesPointsWithSmallJitter) {
   const auto x = torch::tensor({0.0f, 0.0f, 3.0f, 4.0f}).reshape({2, 2});
   ResidualCodebook book(2, 4, 1);

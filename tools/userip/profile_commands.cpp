@@ -125,6 +125,13 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--estep-steps", o.estep_steps, "Adam steps per batch in each E-step")->capture_default_str();
     cmd->add_option("--learning-rate", o.learning_rate, "Adam learning rate of the soft tokens (alternating)")
         ->capture_default_str();
+    cmd->add_option("--mstep-iterations", o.mstep_iterations,
+                    "Lloyd iterations of each M-step at fixed profiles (alternating)")
+        ->capture_default_str();
+    cmd->add_option("--kmeans-restarts", o.kmeans_restarts,
+                    "k-means++ seedings tried for the first codebooks; the one with the lowest quantization error "
+                    "after --mstep-iterations Lloyd steps is kept (alternating)")
+        ->capture_default_str();
     cmd->add_option("--joint-learning-rate", o.joint_learning_rate, "AdamW learning rate (joint)")->capture_default_str();
     cmd->add_option("--joint-batch", o.joint_batch, "Samples per step (joint)")->capture_default_str();
     cmd->add_option("--refine-rounds", o.refine_rounds,

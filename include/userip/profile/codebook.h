@@ -48,6 +48,17 @@ class ResidualCodebook {
   // levels < r (already seeded) leave. The codewords are created on x's device. With N < codes
   // the surplus codes copy a point plus a small deterministic jitter (and a warning is logged).
   void init_kmeanspp(const torch::Tensor& x, std::uint64_t seed);
+  // The best of `restarts` k-means++ seedings: each is followed by `iterations` Lloyd steps
+  // (update_means on the nearest assignment) on a scratch copy and judged by the quantization
+  // error they end with; the codebook is left at the kept *seeding*, so that the caller's own
+  // Lloyd steps reproduce the judged run. Seeding 0 uses `seed` itself (one restart is exactly
+  // init_kmeanspp(x, seed), with no trial run), seeding r > 0 a seed derived from it.
+  struct Seeding {
+    int kept = 0;
+    double best_error = 0;   // quantization error after the Lloyd steps (0 with one restart: not run)
+    double worst_error = 0;
+  };
+  Seeding init_kmeanspp_best_of(const torch::Tensor& x, std::uint64_t seed, int restarts, int iterations);
   // Every codeword entry drawn from U[-1/K, 1/K], as the authors' released code initialises.
   void init_uniform(std::uint64_t seed, torch::Device device = torch::kCPU);
 
