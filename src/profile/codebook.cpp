@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string_view>
 
@@ -401,7 +402,6 @@ int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng,
   USERIP_CHECK(min_members >= 1, "split_into_dead_codes: min_members must be >= 1, got {}", min_members);
   at::NoGradGuard no_grad;
   auto counts = code_usage(codes.dim() == 1 ? codes : codes.select(1, 0), codes_).counts;
-  auto& words = codewords_[0];
   int split = 0;
   for (std::size_t dead = 0; dead < counts.size(); ++dead) {
     if (counts[dead] >= min_members) continue;
@@ -409,16 +409,97 @@ int ResidualCodebook::split_into_dead_codes(const torch::Tensor& codes, Rng rng,
     if (counts[largest] < 2 * min_members) break;
     std::vector<float> direction(static_cast<std::size_t>(dim_));
     for (auto& x : direction) x = static_cast<float>(rng.normal());
-    auto step = torch::tensor(direction).to(words.device());
-    const auto from = static_cast<std::int64_t>(largest), to = static_cast<std::int64_t>(dead);
-    step = step * (kSplitStep * words[from].norm() / step.norm().clamp_min(1e-12));
-    words[to].copy_(words[from] + step);
-    words[from].sub_(step);
+    split_code(static_cast<std::int64_t>(largest), static_cast<std::int64_t>(dead), torch::tensor(direction));
     counts[dead] = counts[largest] / 2;
     counts[largest] -= counts[dead];
     ++split;
   }
   return split;
+}
+
+void ResidualCodebook::split_code(std::int64_t from, std::int64_t to, const torch::Tensor& direction) {
+  check_ready("split_code");
+  USERIP_CHECK(from >= 0 && from < codes_ && to >= 0 && to < codes_ && from != to,
+               "split_code: codes {} and {} must be distinct and in [0, {})", from, to, codes_);
+  USERIP_CHECK(direction.dim() == 1 && direction.size(0) == dim_, "split_code: direction must be [{}], got {}", dim_,
+               shape_text(direction));
+  at::NoGradGuard no_grad;
+  auto& words = codewords_[0];
+  auto step = direction.detach().to(words.device(), torch::kFloat);
+  const double norm = step.norm().item<double>();
+  USERIP_CHECK(norm > 0 && std::isfinite(norm), "split_code: the direction must be finite and nonzero");
+  step = step * (kSplitStep * words[from].norm() / norm);
+  words[to].copy_(words[from] + step);
+  words[from].sub_(step);
+}
+
+std::vector<double> mean_per_code(const torch::Tensor& codes, const torch::Tensor& values, std::int64_t num_codes) {
+  USERIP_CHECK(codes.dim() == 1 && values.dim() == 1 && codes.size(0) == values.size(0),
+               "mean_per_code: codes and values must be [N] alike, got {} and {}", shape_text(codes),
+               shape_text(values));
+  const auto c = codes.detach().to(torch::kCPU, torch::kLong).contiguous();
+  const auto v = values.detach().to(torch::kCPU, torch::kDouble).contiguous();
+  std::vector<double> sum(static_cast<std::size_t>(num_codes), 0.0), count(sum.size(), 0.0);
+  const auto* cp = c.data_ptr<std::int64_t>();
+  const auto* vp = v.data_ptr<double>();
+  for (std::int64_t i = 0; i < c.size(0); ++i) {
+    USERIP_CHECK(cp[i] >= 0 && cp[i] < num_codes, "mean_per_code: code {} of entry {} is outside [0, {})", cp[i], i,
+                 num_codes);
+    sum[static_cast<std::size_t>(cp[i])] += vp[i];
+    count[static_cast<std::size_t>(cp[i])] += 1;
+  }
+  for (std::size_t k = 0; k < sum.size(); ++k)
+    sum[k] = count[k] > 0 ? sum[k] / count[k] : std::numeric_limits<double>::quiet_NaN();
+  return sum;
+}
+
+RedundantCode redundant_code(const torch::Tensor& codes, const torch::Tensor& margins, std::int64_t num_codes,
+                             double ratio) {
+  RedundantCode out;
+  const auto means = mean_per_code(codes, margins, num_codes);
+  std::vector<double> named;
+  for (double m : means)
+    if (!std::isnan(m)) named.push_back(m);
+  // With two codes the median is the mean of both, so the lower one is always under it.
+  if (named.size() < 3) return out;
+  std::sort(named.begin(), named.end());
+  const auto n = named.size();
+  const double median = n % 2 == 1 ? named[n / 2] : 0.5 * (named[n / 2 - 1] + named[n / 2]);
+  if (!(median > 0)) return out;
+  std::int64_t lowest = -1;
+  for (std::size_t k = 0; k < means.size(); ++k)
+    if (!std::isnan(means[k]) && (lowest < 0 || means[k] < means[static_cast<std::size_t>(lowest)]))
+      lowest = static_cast<std::int64_t>(k);
+  out.margin_ratio = means[static_cast<std::size_t>(lowest)] / median;
+  if (ratio > 0 && out.margin_ratio < ratio) out.code = lowest;
+  return out;
+}
+
+PrincipalDirection principal_direction(const torch::Tensor& rows) {
+  USERIP_CHECK(rows.dim() == 2 && rows.size(0) >= 2 && rows.size(1) >= 1,
+               "principal_direction: rows must be [n >= 2, dim >= 1], got {}", shape_text(rows));
+  at::NoGradGuard no_grad;
+  const auto x = rows.detach().to(torch::kDouble);
+  const auto centered = x - x.mean(0, true);
+  const auto sq = centered.pow(2).sum(1);
+  PrincipalDirection out;
+  out.spread = sq.sum().item<double>();
+  auto v = centered[sq.argmax().item<std::int64_t>()].clone();
+  if (!(out.spread > 0) || v.norm().item<double>() <= 0) {
+    out.direction = torch::zeros({rows.size(1)}, rows.options().dtype(torch::kFloat));
+    return out;
+  }
+  v = v / v.norm();
+  // The scatter's leading eigenvalue dominates the next by the gap between two groups' separation and
+  // the spread within them; a few dozen iterations settle the direction to float precision.
+  for (int i = 0; i < 64; ++i) {
+    auto next = centered.t().mv(centered.mv(v));
+    const double norm = next.norm().item<double>();
+    if (!(norm > 0)) break;
+    v = next / norm;
+  }
+  out.direction = v.to(torch::kFloat);
+  return out;
 }
 
 double ResidualCodebook::quantization_error(const torch::Tensor& x) const {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <unordered_map>
@@ -157,6 +158,10 @@ void FitOptions::validate() const {
   USERIP_CHECK(refine_steps >= 0 && refine_steps <= 1000000, "--refine-steps must be in [0, 1000000], got {}",
                refine_steps);
   USERIP_CHECK(refine_users >= 0, "--refine-users must be >= 0, got {}", refine_users);
+  USERIP_CHECK(merge_margin_ratio >= 0 && merge_margin_ratio <= 1, "--merge-margin-ratio must be in [0, 1], got {}",
+               merge_margin_ratio);
+  USERIP_CHECK(merge_margin_ratio == 0 || refine_rounds > 0,
+               "--merge-margin-ratio acts in refinement rounds: it needs --refine-rounds > 0");
   USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
                "--refine-rounds needs the alternating mode, one codebook level (--levels 1) and no ablation");
   USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
@@ -209,6 +214,7 @@ nlohmann::json FitOptions::to_json() const {
     j["refine_learning_rate"] = refine_learning_rate;
     if (refine_steps > 0) j["refine_steps"] = refine_steps;
     if (refine_users > 0) j["refine_users"] = refine_users;
+    if (merge_margin_ratio > 0) j["merge_margin_ratio"] = merge_margin_ratio;
   }
   return j;
 }
@@ -234,6 +240,7 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.refine_learning_rate = j.value("refine_learning_rate", 0.01);
     o.refine_steps = j.value("refine_steps", 0);
     o.refine_users = j.value("refine_users", std::int64_t{0});
+    o.merge_margin_ratio = j.value("merge_margin_ratio", 0.0);
     o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
     o.joint_batch = j.at("joint_batch").get<std::int64_t>();
     o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();
@@ -271,8 +278,24 @@ nlohmann::json RoundLog::to_json(const std::vector<AttributeSpec>& attributes) c
                                {"code_perplexity", code_perplexity[a]},
                                {"dead_codes", dead_codes[a]},
                                {"code_counts", code_counts[a]}};
+    if (a < code_margins.size()) {
+      auto margins = nlohmann::json::array();
+      for (double m : code_margins[a]) margins.push_back(std::isnan(m) ? nlohmann::json(nullptr) : nlohmann::json(m));
+      per[attributes[a].name]["code_margins"] = margins;
+    }
   }
   j["attributes"] = per;
+  if (!moves.empty()) {
+    auto list = nlohmann::json::array();
+    for (const auto& m : moves)
+      list.push_back({{"attribute", attributes.at(m.attribute).name},
+                      {"dissolved", m.dissolved},
+                      {"margin_ratio", m.margin_ratio},
+                      {"split", m.split},
+                      {"split_members", m.split_members},
+                      {"moved", m.moved}});
+    j["split_merge"] = list;
+  }
   return j;
 }
 
@@ -384,11 +407,18 @@ class Engine {
 
   // The level-0 codes [b, A] of the batch's users under which the LM gives their rows the highest
   // likelihood, by coordinate ascent from `codes`: each attribute in turn takes its best code with
-  // the other attributes' codes held, `sweeps` times over the attributes.
+  // the other attributes' codes held, `sweeps` times over the attributes. With `margins` (and
+  // `runner_up`), also each user's NLL per token under its second-best code minus under its code,
+  // and that second-best code, from the last sweep ([b, A]; a one-code attribute has margin 0).
   torch::Tensor likelihood_codes(const PreparedBatch& p, const std::vector<ResidualCodebook>& codebooks,
-                                 torch::Tensor codes, int sweeps) const {
+                                 torch::Tensor codes, int sweeps, torch::Tensor* margins = nullptr,
+                                 torch::Tensor* runner_up = nullptr) const {
     torch::NoGradGuard no_grad;
     const auto b = codes.size(0);
+    if (margins) {
+      *margins = torch::zeros({b, static_cast<std::int64_t>(codebooks.size())}, codes.options().dtype(torch::kFloat));
+      *runner_up = codes.clone();
+    }
     for (int sweep = 0; sweep < sweeps; ++sweep) {
       for (std::size_t a = 0; a < codebooks.size(); ++a) {
         std::vector<torch::Tensor> user_nll;
@@ -398,7 +428,17 @@ class Engine {
           auto nll = row_nll(p, compose(codebooks, candidate));
           user_nll.push_back(torch::zeros({b}, nll.options()).index_add_(0, p.row_local, nll));
         }
-        codes.select(1, static_cast<std::int64_t>(a)).copy_(torch::stack(user_nll).argmin(0));
+        const auto all = torch::stack(user_nll);
+        const auto best = all.argmin(0);
+        codes.select(1, static_cast<std::int64_t>(a)).copy_(best);
+        if (margins && sweep + 1 == sweeps && all.size(0) >= 2) {
+          const auto others = all.scatter(0, best.unsqueeze(0), std::numeric_limits<float>::infinity());
+          // A user's rows all carry the same weight, 1 / its label tokens in the batch.
+          const auto per_token = torch::zeros({b}, p.row_weight.options()).index_copy_(0, p.row_local, p.row_weight);
+          margins->select(1, static_cast<std::int64_t>(a))
+              .copy_((std::get<0>(others.min(0)) - all.gather(0, best.unsqueeze(0)).squeeze(0)) * per_token);
+          runner_up->select(1, static_cast<std::int64_t>(a)).copy_(others.argmin(0));
+        }
       }
     }
     return codes;
@@ -647,6 +687,45 @@ void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z
     log.dead_codes.push_back(dead);
     log.code_counts.push_back(counts);
   }
+}
+
+// The split-and-merge move (codebook.h) on one attribute, in place on `codes` ([U] level-0 codes of
+// every user) and the codebook: the members of `dissolved` among `rows` take their `runner_up`
+// codes, and the codeword of `dissolved` splits the code whose members' `gradients` ([U, dim], each
+// user's gradient of its NLL per token with respect to its codeword) spread most, along their main
+// direction. The members on the side of the new codeword (the side their gradient descends to) take it.
+RoundLog::CodeMove split_and_merge(ResidualCodebook& codebook, torch::Tensor codes, const torch::Tensor& runner_up,
+                                   const torch::Tensor& gradients, const torch::Tensor& rows, std::int64_t dissolved) {
+  RoundLog::CodeMove move;
+  move.dissolved = dissolved;
+  move.split = -1;
+  const auto before = codes.index_select(0, rows);
+  const auto g = gradients.index_select(0, rows).to(torch::kFloat);
+  auto after = torch::where(before == dissolved, runner_up.index_select(0, rows), before);
+  double widest = -1;
+  torch::Tensor direction;
+  for (std::int64_t k = 0; k < codebook.codes(); ++k) {
+    if (k == dissolved) continue;
+    const auto members = (before == k).nonzero().squeeze(1);
+    if (members.size(0) < 2) continue;
+    auto spread = principal_direction(g.index_select(0, members));
+    if (spread.spread > widest) {
+      widest = spread.spread;
+      direction = spread.direction;
+      move.split = k;
+      move.split_members = members.size(0);
+    }
+  }
+  if (move.split >= 0 && direction.norm().item<double>() > 0) {
+    codebook.split_code(move.split, dissolved, direction);
+    const auto to_new = (before == move.split).logical_and(g.mv(direction.to(g.device())) < 0);
+    move.moved = to_new.sum().item<std::int64_t>();
+    after = torch::where(to_new, torch::full_like(after, dissolved), after);
+  } else {
+    move.split = -1;
+  }
+  codes.index_copy_(0, rows, after);
+  return move;
 }
 
 // A detached copy of a codebook on `device` (plain tensors, no optimiser or autograd history).
@@ -1017,6 +1096,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     const bool refining = round >= o.rounds;
     const double lambda = joint ? 0.0 : lambda_for_round(o, std::min(round, o.rounds - 1));
     PassState pass = round == start_round ? carried : PassState{};
+    std::vector<std::vector<double>> round_margins;
+    std::vector<RoundLog::CodeMove> round_moves;
     if (refining) {
       // Checkpoints fall on round boundaries only: z then holds every user's codewords, from which
       // the distance assignment gives back the codes exactly.
@@ -1061,17 +1142,41 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
         return engine.prepare(members);
       };
+      const auto round_rows =
+          (refine_rows.empty() ? torch::arange(U, torch::TensorOptions().dtype(torch::kLong)) : torch::tensor(refine_rows))
+              .to(o.device);
+      std::vector<RedundantCode> dissolve(codebooks.size());
+      torch::Tensor margins, runner_up, gradients;
       if (!fit_codewords_to_em_codes) {
         std::int64_t candidates = 0;
         for (const auto& c : codebooks) candidates += c.codes();
+        margins = torch::zeros({U, static_cast<std::int64_t>(codebooks.size())}, z.options().dtype(torch::kFloat));
+        runner_up = codes.clone();
         // In place: a user's samples all lie in one batch, and the codebook does not move during the E-step.
         for (std::size_t b = 0; b < r.batches.size(); ++b) {
           auto p = prepared(b);
+          torch::Tensor batch_margins, batch_runner_up;
           codes.index_copy_(0, p.user_rows,
-                            engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), 1));
+                            engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), 1,
+                                                    &batch_margins, &batch_runner_up));
+          margins.index_copy_(0, p.user_rows, batch_margins);
+          runner_up.index_copy_(0, p.user_rows, batch_runner_up);
           result.tokens += p.labels * candidates;
           batch_progress(b, 0.0);
         }
+        // Moves need rounds after them: one for the split codewords to part, one to settle. Every second
+        // refinement round only: right after a move, the two halves of the split code have hardly parted and
+        // their members' margins are small (0.38 of the median on the 300-user world), which is not redundancy.
+        const bool moves_allowed =
+            o.merge_margin_ratio > 0 && round + 2 < total_rounds && (round - o.rounds) % 2 == 1;
+        for (std::size_t a = 0; a < codebooks.size(); ++a) {
+          const auto column = codes.select(1, static_cast<std::int64_t>(a)).index_select(0, round_rows);
+          const auto margin = margins.select(1, static_cast<std::int64_t>(a)).index_select(0, round_rows);
+          round_margins.push_back(mean_per_code(column, margin, codebooks[a].codes()));
+          if (moves_allowed) dissolve[a] = redundant_code(column, margin, codebooks[a].codes(), o.merge_margin_ratio);
+        }
+        if (std::any_of(dissolve.begin(), dissolve.end(), [](const RedundantCode& r) { return r.code >= 0; }))
+          gradients = torch::zeros_like(z);
       }
       const std::size_t batches = r.batches.size();
       const std::size_t steps = o.refine_steps > 0 ? std::min<std::size_t>(o.refine_steps, batches) : batches;
@@ -1080,8 +1185,16 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         auto p = prepared(b);
         auto local = codes.index_select(0, p.user_rows);
         if (b == 0 || step_of(b) != step_of(b - 1)) optimizer.zero_grad();
-        auto nll_rows = engine.row_nll(p, engine.compose(codebooks, local));
+        auto composed = engine.compose(codebooks, local);
+        // A zero added to the profiles, so that its gradient is each user's own (the codewords' sums them).
+        torch::Tensor probe;
+        if (gradients.defined()) {
+          probe = torch::zeros_like(composed).requires_grad_(true);
+          composed = composed + probe;
+        }
+        auto nll_rows = engine.row_nll(p, composed);
         (nll_rows * p.row_weight).sum().backward();
+        if (probe.defined()) gradients.index_copy_(0, p.user_rows, probe.grad());
         if (b + 1 == batches || step_of(b + 1) != step_of(b)) optimizer.step();
         pass.nll += nll_rows.detach().sum().item<double>();
         pass.tokens += p.labels;
@@ -1092,6 +1205,25 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       }
       torch::NoGradGuard no_grad;
       for (auto& w : codewords) w.requires_grad_(false);
+      for (std::size_t a = 0; a < codebooks.size(); ++a) {
+        if (dissolve[a].code < 0) continue;
+        auto move = split_and_merge(codebooks[a], codes.select(1, static_cast<std::int64_t>(a)),
+                                    runner_up.select(1, static_cast<std::int64_t>(a)),
+                                    engine.attribute_view(gradients, a), round_rows, dissolve[a].code);
+        move.attribute = a;
+        move.margin_ratio = dissolve[a].margin_ratio;
+        if (move.split >= 0)
+          spdlog::info("round {}: code {} of '{}' merged into its members' second choices (their mean likelihood margin "
+                       "{:.2f} of the median code's); its codeword split code {} along its {} members' main gradient "
+                       "direction, {} of them taking the new side",
+                       round + 1, move.dissolved, attributes[a].name, move.margin_ratio, move.split, move.split_members,
+                       move.moved);
+        else
+          spdlog::info("round {}: code {} of '{}' merged into its members' second choices (their mean likelihood margin "
+                       "{:.2f} of the median code's); no code had members enough to split",
+                       round + 1, move.dissolved, attributes[a].name, move.margin_ratio);
+        round_moves.push_back(move);
+      }
       if (round + 1 == total_rounds) {
         // The final codes read each user's whole training history, as a fold-in reads a new user's,
         // so that warm and cold users' codes come from the same rule (and from all their evidence,
@@ -1192,6 +1324,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       log.valid_nll = tokens > 0 ? nll / static_cast<double>(tokens) : -1.0;
     }
     if (codebooks_ready) fill_code_stats(log, engine, z.detach(), codebooks);
+    log.code_margins = std::move(round_margins);
+    log.moves = std::move(round_moves);
     log.seconds = elapsed();
     result.log.push_back(log);
     log_records.push_back(log.to_json(attributes));

@@ -370,6 +370,78 @@ TEST(ResidualCodebookTest, CodesWithFewerThanTheMinimumMembersAreSplitLikeDeadOn
   expect_error([&] { small.split_into_dead_codes(codes, Rng(3), 0); }, {"min_members", "0"});
 }
 
+TEST(ResidualCodebookTest, SplitCodeStepsBothCodewordsApartAlongTheGivenDirection) {
+  ResidualCodebook book(3, 3, 1);
+  const auto original = torch::tensor({0.0f, 3.0f, 4.0f, 1.0f, 1.0f, 1.0f, 7.0f, 7.0f, 7.0f}).reshape({3, 3});
+  book.codewords() = {original.clone()};
+  book.split_code(0, 2, torch::tensor({2.0f, 0.0f, 0.0f}));
+  const auto& w = book.codewords()[0];
+  const auto step = torch::tensor({static_cast<float>(ResidualCodebook::kSplitStep * 5.0), 0.0f, 0.0f});
+  EXPECT_TRUE(at::allclose(w[2], original[0] + step));
+  EXPECT_TRUE(at::allclose(w[0], original[0] - step));
+  EXPECT_TRUE(at::equal(w[1], original[1]));
+  expect_error([&] { book.split_code(1, 1, torch::ones({3})); }, {"split_code", "distinct"});
+  expect_error([&] { book.split_code(0, 3, torch::ones({3})); }, {"split_code", "[0, 3)"});
+  expect_error([&] { book.split_code(0, 1, torch::ones({2})); }, {"split_code", "[3]"});
+  expect_error([&] { book.split_code(0, 1, torch::zeros({3})); }, {"split_code", "nonzero"});
+}
+
+TEST(SplitAndMergeTest, MeanPerCodeAveragesEachCodesEntriesAndLeavesUnnamedCodesNaN) {
+  const auto means = mean_per_code(torch::tensor({0, 2, 0, 2, 2}, torch::kLong),
+                                   torch::tensor({1.0f, 3.0f, 2.0f, 6.0f, 0.0f}), 4);
+  ASSERT_EQ(means.size(), 4u);
+  EXPECT_DOUBLE_EQ(means[0], 1.5);
+  EXPECT_TRUE(std::isnan(means[1]));
+  EXPECT_DOUBLE_EQ(means[2], 3.0);
+  EXPECT_TRUE(std::isnan(means[3]));
+  expect_error([&] { mean_per_code(torch::tensor({0, 5}, torch::kLong), torch::zeros({2}), 4); },
+               {"mean_per_code", "5", "entry 1"});
+  expect_error([&] { mean_per_code(torch::tensor({0, 1}, torch::kLong), torch::zeros({3}), 4); },
+               {"mean_per_code", "[2]", "[3]"});
+}
+
+TEST(SplitAndMergeTest, RedundantCodeIsTheLowestMarginCodeWhenFarUnderTheMedian) {
+  // Codes 0, 1 and 3 have mean margins 1.0, 0.8 and 1.2; code 2's members lose 0.1; code 4 has none.
+  const auto codes = torch::tensor({0, 0, 1, 2, 2, 3, 3}, torch::kLong);
+  const auto margins = torch::tensor({0.9f, 1.1f, 0.8f, 0.05f, 0.15f, 1.2f, 1.2f});
+  auto found = redundant_code(codes, margins, 5, 0.5);
+  EXPECT_EQ(found.code, 2);
+  // The median over the four named codes is (0.8 + 1.0) / 2 = 0.9; the empty code does not count.
+  EXPECT_NEAR(found.margin_ratio, 0.1 / 0.9, 1e-6);
+  EXPECT_EQ(redundant_code(codes, margins, 5, 0.1).code, -1);  // 0.11 of the median is not under 0.1
+  EXPECT_NEAR(redundant_code(codes, margins, 5, 0.1).margin_ratio, 0.1 / 0.9, 1e-6);
+  EXPECT_EQ(redundant_code(codes, margins, 5, 0.0).code, -1);  // off
+  // Codes whose members all lose about as much: none is redundant.
+  EXPECT_EQ(redundant_code(codes, torch::tensor({1.0f, 1.0f, 0.9f, 0.8f, 0.8f, 1.1f, 1.1f}), 5, 0.5).code, -1);
+  // With two codes in use, there is nothing to compare with.
+  EXPECT_EQ(redundant_code(torch::tensor({0, 1, 1}, torch::kLong), torch::tensor({0.01f, 1.0f, 1.0f}), 3, 0.5).code,
+            -1);
+}
+
+TEST(SplitAndMergeTest, PrincipalDirectionSeparatesTwoGroupsOfRows) {
+  // Two groups at +-3 along the second axis, with unit noise on the others: the leading direction of the
+  // scatter is the second axis.
+  auto rows = random_points(40, 5, 11) * 0.5;
+  rows.select(1, 1).copy_(torch::cat({torch::full({20}, 3.0f), torch::full({20}, -3.0f)}) +
+                          0.1 * random_points(40, 1, 12).squeeze(1));
+  const auto found = principal_direction(rows);
+  ASSERT_EQ(found.direction.sizes(), (torch::IntArrayRef{5}));
+  EXPECT_NEAR(found.direction.norm().item<double>(), 1.0, 1e-5);
+  EXPECT_GT(std::abs(found.direction[1].item<double>()), 0.99);
+  const auto centered = rows.to(torch::kDouble) - rows.to(torch::kDouble).mean(0, true);
+  EXPECT_NEAR(found.spread, centered.pow(2).sum().item<double>(), 1e-6 * found.spread);
+  // The projections put the two groups on opposite sides of the mean.
+  const auto side = (rows - rows.mean(0, true)).mv(found.direction) > 0;
+  EXPECT_TRUE(side.narrow(0, 0, 20).all().item<bool>() != side.narrow(0, 20, 20).any().item<bool>());
+  // Deterministic.
+  EXPECT_TRUE(at::equal(principal_direction(rows).direction, found.direction));
+  // Equal rows spread nowhere.
+  const auto flat = principal_direction(torch::ones({3, 4}));
+  EXPECT_EQ(flat.spread, 0.0);
+  EXPECT_EQ(flat.direction.abs().sum().item<double>(), 0.0);
+  expect_error([&] { principal_direction(torch::ones({1, 4})); }, {"principal_direction", "[1, 4]"});
+}
+
 TEST(ResidualCodebookTest, QuantizationErrorMatchesItsDefinitionAndFallsWithLevels) {
   const auto x = random_points(400, 12, 31);
   double previous = std::numeric_limits<double>::infinity();

@@ -19,6 +19,7 @@
 #include <csignal>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <memory>
@@ -248,6 +249,73 @@ TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLike
                           .reshape({1, -1});
     EXPECT_TRUE(torch::allclose(background, codeword_vectors(fit.profiles, chosen, 1)));
   }
+}
+
+// A ratio of 1 makes the lowest-margin code of every attribute redundant (it is under the median), so a move
+// is made at the first round that allows one: the second refinement round, with two rounds after it. The state
+// after a move lives in the profiles and codebooks, so a fit stopped at every round boundary and resumed ends
+// where the uninterrupted one does.
+TEST_F(ProfileFit, SplitAndMergeMovesAreLoggedAndAFitStoppedAtEveryRoundEndsTheSame) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 1;
+  options.refine_rounds = 4;
+  options.merge_margin_ratio = 1.0;
+  options.checkpoint_seconds = 1e9;
+  const auto whole = fit_profiles(g_world->inputs(), options, dir / "whole");
+  ASSERT_EQ(whole.log.size(), 5u);
+  for (std::size_t r : {0u, 1u, 3u, 4u}) EXPECT_TRUE(whole.log[r].moves.empty()) << "round " << r + 1;
+  // Rounds with a likelihood E-step report each code's margin; the first refinement round has none.
+  EXPECT_TRUE(whole.log[1].code_margins.empty());
+  ASSERT_EQ(whole.log[2].code_margins.size(), 2u);
+  ASSERT_EQ(whole.log[2].moves.size(), 2u);
+  for (const auto& move : whole.log[2].moves) {
+    const auto K = whole.profiles.codebooks[move.attribute].codes();
+    EXPECT_GE(move.dissolved, 0);
+    EXPECT_LT(move.dissolved, K);
+    EXPECT_LT(move.margin_ratio, 1.0);
+    // The dissolved code had the lowest mean margin, and the ratio is its margin over the median code's.
+    std::vector<double> named;
+    for (double m : whole.log[2].code_margins[move.attribute])
+      if (!std::isnan(m)) named.push_back(m);
+    ASSERT_GE(named.size(), 3u);
+    std::sort(named.begin(), named.end());
+    const double median = named.size() % 2 ? named[named.size() / 2]
+                                           : 0.5 * (named[named.size() / 2 - 1] + named[named.size() / 2]);
+    const double dissolved_margin = whole.log[2].code_margins[move.attribute][static_cast<std::size_t>(move.dissolved)];
+    EXPECT_DOUBLE_EQ(dissolved_margin, named.front());
+    EXPECT_NEAR(move.margin_ratio, dissolved_margin / median, 1e-9);
+    ASSERT_GE(move.split, 0);
+    EXPECT_NE(move.split, move.dissolved);
+    EXPECT_GE(move.split_members, 2);
+    EXPECT_LE(move.moved, move.split_members);
+  }
+  std::ifstream log(dir / "whole" / "log.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> records;
+  while (std::getline(log, line)) records.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(records.size(), 5u);
+  EXPECT_EQ(records[2]["split_merge"].size(), 2u);
+  EXPECT_EQ(records[2]["attributes"]["taste"]["code_margins"].size(), 4u);
+  EXPECT_FALSE(records[3].contains("split_merge"));
+  for (std::size_t a = 0; a < whole.profiles.attributes.size(); ++a)
+    EXPECT_TRUE(
+        torch::allclose(whole.profiles.attribute_vectors(a), codeword_vectors(whole.profiles, whole.profiles.codes, a)));
+
+  // In a refinement round, a stop takes effect at the round's end: one round per call.
+  auto stopping = options;
+  stopping.stop_after_batches = 1;
+  int calls = 0;
+  FitResult resumed;
+  do {
+    resumed = fit_profiles(g_world->inputs(), stopping, dir / "stopped");
+    ASSERT_LT(++calls, 50);
+  } while (resumed.interrupted);
+  EXPECT_GE(calls, 5);
+  EXPECT_TRUE(torch::equal(resumed.profiles.codes, whole.profiles.codes));
+  for (std::size_t a = 0; a < whole.profiles.codebooks.size(); ++a)
+    EXPECT_TRUE(torch::allclose(resumed.profiles.codebooks[a].codewords()[0], whole.profiles.codebooks[a].codewords()[0],
+                                1e-5, 1e-6));
 }
 
 TEST_F(ProfileFit, InitTextsStartTheSoftTokensFromTheirTokenEmbeddings) {
@@ -488,6 +556,13 @@ TEST_F(ProfileFit, BadOptionsAreRejected) {
   o = small_options();
   o.refine_users = -1;
   testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--refine-users"});
+  o = small_options();
+  o.refine_rounds = 2;
+  o.merge_margin_ratio = 1.5;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--merge-margin-ratio", "1.5"});
+  o.refine_rounds = 0;
+  o.merge_margin_ratio = 0.5;
+  testing::expect_error([&] { fit_profiles(g_world->inputs(), o, dir.path()); }, {"--merge-margin-ratio", "--refine-rounds"});
 }
 
 }  // namespace

@@ -149,6 +149,11 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "Users (a seeded draw, the same in every refinement round) on whom the refinement rounds fit "
                     "the codewords; the last round's final pass still gives every user its codes (0 = all users)")
         ->capture_default_str();
+    cmd->add_option("--merge-margin-ratio", o.merge_margin_ratio,
+                    "Split-and-merge in refinement rounds: a code whose members lose less likelihood by moving to "
+                    "their second-best codes than this fraction of what the median code's members lose is merged into "
+                    "those, and its codeword splits the code whose members' gradients disagree most (0 = off)")
+        ->capture_default_str();
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();

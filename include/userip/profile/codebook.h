@@ -95,6 +95,9 @@ class ResidualCodebook {
   // members go back to the next assignment, and its codeword is better spent splitting a crowded code.
   static constexpr double kSplitStep = 0.05;
   int split_into_dead_codes(const torch::Tensor& codes, Rng rng, std::int64_t min_members = 1);
+  // One such split: level-0 codeword `to` becomes codeword `from` plus a step along `direction` ([dim], any norm
+  // but zero) of norm kSplitStep times codeword `from`'s, and codeword `from` takes the same step the other way.
+  void split_code(std::int64_t from, std::int64_t to, const torch::Tensor& direction);
 
   // Mean over points of ||x - reconstruct(assign(x))||^2.
   double quantization_error(const torch::Tensor& x) const;
@@ -134,5 +137,36 @@ struct CodeUsage {
 // Usage of one level's codes ([N] int64, any device, values in [0, num_codes)).
 // With N = 0 every code is dead and the perplexity is 0.
 CodeUsage code_usage(const torch::Tensor& codes_of_one_level, std::int64_t num_codes);
+
+// The split-and-merge move of refinement by likelihood. A codebook fitted from a poor start can
+// hold two codes for one group of users and one code for two groups: each code is then the best
+// its members can do given the others, and no assignment or gradient step leaves that state.
+// Merging the two and splitting the third fixes it; what follows tells where.
+//
+// Per code, the mean of `values` ([N] float) over the entries whose `codes` ([N] int64, values in
+// [0, num_codes)) name it; NaN for a code nobody names.
+std::vector<double> mean_per_code(const torch::Tensor& codes, const torch::Tensor& values, std::int64_t num_codes);
+// The code to dissolve, given each user's likelihood margin (NLL per token under its second-best
+// code minus under its own): the code whose members' mean margin is lowest, when that is under
+// `ratio` times the median over the codes anyone names. Its members lose little by moving to their
+// second choices, so it duplicates a neighbour rather than describing a group of its own. code = -1
+// when no code qualifies, fewer than three codes have members, or ratio <= 0; margin_ratio is the
+// lowest mean margin over the median either way (0 when undefined).
+struct RedundantCode {
+  std::int64_t code = -1;
+  double margin_ratio = 0;
+};
+RedundantCode redundant_code(const torch::Tensor& codes, const torch::Tensor& margins, std::int64_t num_codes,
+                             double ratio);
+// The direction along which `rows` ([n, dim], n >= 2) spread most: the unit leading eigenvector of
+// their scatter about the mean (power iteration from the row farthest from the mean, so
+// deterministic), with `spread` the scatter's trace (the sum of squared distances to the mean).
+// Applied to the gradients of a code's members with respect to their codeword, the direction
+// separates the members that want the codeword moved one way from those that want it moved the other.
+struct PrincipalDirection {
+  torch::Tensor direction;  // [dim] float32, unit norm (zero when all rows are equal)
+  double spread = 0;
+};
+PrincipalDirection principal_direction(const torch::Tensor& rows);
 
 }  // namespace userip::profile

@@ -83,6 +83,13 @@ struct FitOptions {
   // Users (a seeded draw, the same every round) whose codes the refinement rounds assign and whose
   // samples fit the codewords; the final pass gives every user its codes. 0 = all users.
   std::int64_t refine_users = 0;
+  // The split-and-merge move (codebook.h, redundant_code): at the end of every second refinement
+  // round (the 2nd, 4th, ...) that leaves two or more rounds to follow, the code whose members' mean likelihood margin is under this
+  // fraction of the median code's is dissolved (its members take their second-best codes) and its
+  // codeword splits the code whose members' likelihood gradients spread most, along their main
+  // direction, each member going to the side its gradient points to. At most one move per attribute
+  // and round. 0 = off.
+  double merge_margin_ratio = 0;
 
   // Joint mode (the released code's defaults).
   double joint_learning_rate = 0.01;
@@ -127,6 +134,18 @@ struct RoundLog {
   std::vector<std::vector<double>> code_perplexity;  // per attribute, per level
   std::vector<std::vector<std::int64_t>> dead_codes; // per attribute, per level
   std::vector<std::vector<std::vector<std::int64_t>>> code_counts;  // per attribute, level, code
+  // Refinement rounds with an E-step: per attribute and level-0 code, its members' mean likelihood
+  // margin (NLL per token under their second-best code minus under theirs; NaN = no members).
+  std::vector<std::vector<double>> code_margins;
+  struct CodeMove {
+    std::size_t attribute = 0;
+    std::int64_t dissolved = 0;      // its members went to their second-best codes
+    double margin_ratio = 0;         // its mean margin over the median code's
+    std::int64_t split = 0;          // the code whose codeword `dissolved` split off
+    std::int64_t moved = 0;          // members of `split` that went to the new codeword
+    std::int64_t split_members = 0;  // members of `split` before
+  };
+  std::vector<CodeMove> moves;  // the split-and-merge moves made at the end of the round
   double seconds = 0;          // since the start of the fit (resumed runs continue the clock)
   std::int64_t tokens = 0;     // behaviour tokens processed in the round's E-step
   nlohmann::json to_json(const std::vector<AttributeSpec>& attributes) const;
