@@ -84,11 +84,11 @@ struct FitOptions {
   // samples fit the codewords; the final pass gives every user its codes. 0 = all users.
   std::int64_t refine_users = 0;
   // The split-and-merge move (codebook.h, redundant_code): at the end of every second refinement
-  // round (the 2nd, 4th, ...) that leaves two or more rounds to follow, the code whose members' mean likelihood margin is under this
-  // fraction of the median code's is dissolved (its members take their second-best codes) and its
-  // codeword splits the code whose members' likelihood gradients spread most, along their main
-  // direction, each member going to the side its gradient points to. At most one move per attribute
-  // and round. 0 = off.
+  // round (the 2nd, 4th, ...) that leaves two or more rounds to follow, the code whose members' mean
+  // likelihood margin is under this fraction of the median code's is dissolved (its members take
+  // their second-best codes) and its codeword splits the code whose members' likelihood gradients
+  // spread most, along their main direction, each member going to the side its gradient descends
+  // to. At most one move per attribute and round. 0 = off.
   double merge_margin_ratio = 0;
 
   // Joint mode (the released code's defaults).
@@ -141,7 +141,7 @@ struct RoundLog {
     std::size_t attribute = 0;
     std::int64_t dissolved = 0;      // its members went to their second-best codes
     double margin_ratio = 0;         // its mean margin over the median code's
-    std::int64_t split = 0;          // the code whose codeword `dissolved` split off
+    std::int64_t split = 0;          // the code whose codeword `dissolved` split off; -1 = none could be
     std::int64_t moved = 0;          // members of `split` that went to the new codeword
     std::int64_t split_members = 0;  // members of `split` before
   };
