@@ -2,6 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "userip/profile/clustering.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
@@ -31,20 +34,43 @@ UserCodeTable cluster_users(const data::Dataset& dataset, const torch::Tensor& w
   return table;
 }
 
+// The category field of a control: the one asked for, else the dataset's first category_list field, else its first
+// category field.
+std::string category_field(const data::Dataset& dataset, const std::string& field, const char* control) {
+  if (!field.empty()) return field;
+  for (const auto& f : dataset.item_fields)
+    if (f.kind == data::FieldKind::category_list) return f.name;
+  for (const auto& f : dataset.item_fields)
+    if (f.kind == data::FieldKind::category) return f.name;
+  fail("{}: the dataset has no category or category_list item field", control);
+}
+
+// Positive share, mean rating (rating data) and log activity of each user's rows in `view`: [users, 2 or 3].
+torch::Tensor history_statistics(const data::SplitView& view, const std::vector<std::uint32_t>& users, bool ratings) {
+  const std::int64_t columns = ratings ? 3 : 2;
+  torch::Tensor out = torch::zeros({static_cast<std::int64_t>(users.size()), columns}, torch::kFloat32);
+  auto* data = out.data_ptr<float>();
+  for (std::size_t r = 0; r < users.size(); ++r) {
+    double likes = 0, rating = 0;
+    const auto n = view.user_count(users[r]);
+    for (std::size_t i = view.user_begin(users[r]); i < view.user_end(users[r]); ++i) {
+      likes += view.label(i) ? 1 : 0;
+      rating += view.rating(i);
+    }
+    const double count = std::max<double>(static_cast<double>(n), 1.0);
+    float* row = data + static_cast<std::int64_t>(r) * columns;
+    row[0] = static_cast<float>(likes / count);
+    row[1] = static_cast<float>(std::log1p(static_cast<double>(n)));
+    if (ratings) row[2] = static_cast<float>(rating / count);
+  }
+  return out;
+}
+
 }  // namespace
 
 UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
                                       std::uint64_t seed) {
-  std::string chosen = field;
-  if (chosen.empty()) {
-    for (const auto& f : dataset.item_fields) {
-      if (f.kind == data::FieldKind::category_list) { chosen = f.name; break; }
-    }
-    for (const auto& f : dataset.item_fields) {
-      if (chosen.empty() && f.kind == data::FieldKind::category) chosen = f.name;
-    }
-    USERIP_CHECK(!chosen.empty(), "control-genres: the dataset has no category or category_list item field");
-  }
+  const std::string chosen = category_field(dataset, field, "control-genres");
   const data::SplitView train = dataset.training_view();
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
   const auto warm_users = train.users();
@@ -54,6 +80,35 @@ UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::s
   const auto cold_hist = profile::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
   return cluster_users(dataset, warm_hist.matrix, warm_users, cold_hist.matrix, cold_users, codes, seed,
                        "control-genres");
+}
+
+UserCodeTable history_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
+                                    std::uint64_t seed) {
+  const std::string chosen = category_field(dataset, field, "control-history");
+  const data::SplitView train = dataset.training_view();
+  const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
+  const auto warm_users = train.users();
+  const auto cold_users = cold.users();
+  USERIP_CHECK(!warm_users.empty(), "control-history: the training split has no users");
+  const bool ratings = dataset.label_kind == data::LabelKind::rating;
+  const auto warm_hist = profile::category_histograms(train, warm_users, chosen);
+  const auto cold_hist = profile::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
+
+  // Scales come from the warm users alone, and apply to the cold users unchanged.
+  const torch::Tensor warm_stats = history_statistics(train, warm_users, ratings);
+  const torch::Tensor mean = warm_stats.mean(0, true);
+  const torch::Tensor std = warm_stats.std(0, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
+  const torch::Tensor hist_mean = warm_hist.matrix.mean(0, true);
+  const double hist_scale =
+      std::sqrt(std::max((warm_hist.matrix - hist_mean).pow(2).sum(1).mean().item<double>(), 1e-12));
+  auto describe = [&](const torch::Tensor& stats, const torch::Tensor& hist) {
+    return torch::cat({(stats - mean) / std, (hist - hist_mean) / hist_scale}, 1);
+  };
+  const torch::Tensor cold_stats = history_statistics(cold, cold_users, ratings);
+  return cluster_users(dataset, describe(warm_stats, warm_hist.matrix), warm_users,
+                       cold_users.empty() ? torch::zeros({0, warm_hist.matrix.size(1) + mean.size(1)})
+                                          : describe(cold_stats, cold_hist.matrix),
+                       cold_users, codes, seed, "control-history");
 }
 
 UserCodeTable collaborative_control_codes(const data::Dataset& dataset, std::int64_t dim, std::int64_t codes,

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <ctime>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <set>
 
@@ -21,7 +22,7 @@ namespace userip::ctr {
 using nlohmann::json;
 
 namespace {
-const char* const kVariantNames[] = {"base", "codes", "dense", "control-genres", "control-cf"};
+const char* const kVariantNames[] = {"base", "codes", "dense", "control-genres", "control-cf", "control-history"};
 const char* const kGroups[] = {"all", "sparse", "cold"};
 const char* const kMetrics[] = {"auc", "log_loss", "gauc"};
 
@@ -31,10 +32,12 @@ json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr
 std::string to_string(Variant variant) { return kVariantNames[static_cast<int>(variant)]; }
 
 Variant variant_from_string(std::string_view name) {
-  for (int i = 0; i < 5; ++i) {
+  std::string known;
+  for (std::size_t i = 0; i < std::size(kVariantNames); ++i) {
     if (name == kVariantNames[i]) return static_cast<Variant>(i);
+    known += (i ? ", " : "") + std::string(kVariantNames[i]);
   }
-  fail("unknown variant '{}' (expected base, codes, dense, control-genres or control-cf)", name);
+  fail("unknown variant '{}' (expected one of {})", name, known);
 }
 
 void CompareConfig::validate() const {
@@ -228,6 +231,9 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     }
     if (v == Variant::control_cf) {
       t.codes = collaborative_control_codes(dataset, compare.cf_dim, compare.control_codes, compare.seed_base);
+    }
+    if (v == Variant::control_history) {
+      t.codes = history_control_codes(dataset, compare.control_field, compare.control_codes, compare.seed_base);
     }
     tables[v] = std::move(t);
   }

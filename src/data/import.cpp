@@ -117,16 +117,27 @@ FieldKind infer_kind(const std::string& name, const std::vector<std::string>& va
   for (const auto& list_field : options.list_fields) {
     if (list_field == name) return FieldKind::category_list;
   }
-  std::size_t present = 0;
+  std::size_t present = 0, with_separator = 0, parts = 0;
   bool numeric = true;
   std::unordered_set<std::string_view> distinct;
+  std::unordered_set<std::string> distinct_parts;
   for (const auto& v : values) {
     if (v.empty()) continue;
     ++present;
     if (numeric && !parse_double(v)) numeric = false;
     if (distinct.size() <= 1000) distinct.insert(v);
+    if (v.find(options.list_separator) != std::string::npos) ++with_separator;
+    for (auto& part : split_list(v, options.list_separator)) {
+      ++parts;
+      if (distinct_parts.size() <= 1000) distinct_parts.insert(std::move(part));
+    }
   }
   if (present > 0 && numeric) return FieldKind::number;
+  // Values such as "Action|Comedy": a list of categories, whatever the column is called. Titles that happen to hold
+  // the separator are rare among their values, and their parts do not repeat.
+  if (with_separator * 20 >= present && with_separator > 0 && distinct_parts.size() <= 1000 &&
+      distinct_parts.size() < parts)
+    return FieldKind::category_list;
   // Few distinct values that repeat: a categorical attribute (brand, price level), not free text.
   if (present > 0 && distinct.size() <= 1000 && distinct.size() * 2 <= present) return FieldKind::category;
   return FieldKind::text;

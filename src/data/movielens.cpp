@@ -85,7 +85,7 @@ ImportReport import_movielens(const MovieLensOptions& options) {
   import.timestamp_column = "timestamp";
   // The export repeats each movie's attributes on every rating row.
   import.item_fields_from_interactions = {"title", "year", "genres"};
-  import.field_kinds = {{"title", FieldKind::text}, {"year", FieldKind::number}};
+  import.field_kinds = {{"title", FieldKind::text}, {"year", FieldKind::number}, {"genres", FieldKind::category_list}};
   import.show_progress = options.show_progress;
   ImportReport report = import_dataset(import);
   return report;

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "userip/lm/generate.h"
+#include "userip/text/corpus.h"
 #include "userip/util/error.h"
 
 namespace userip::profile {
@@ -41,6 +42,50 @@ struct CategoryCounts {
     }
   }
 };
+
+// How many of a set of users chose each item (once per user).
+struct ItemUsers {
+  std::unordered_map<std::uint32_t, double> per_item;
+  double users = 0;
+  void add_user(const data::SplitView& history, std::uint32_t user) {
+    users += 1;
+    std::vector<std::uint32_t> items;
+    for (std::size_t i = history.user_begin(user); i < history.user_end(user); ++i) items.push_back(history.item(i));
+    std::sort(items.begin(), items.end());
+    items.erase(std::unique(items.begin(), items.end()), items.end());
+    for (auto item : items) per_item[item] += 1;
+  }
+};
+
+// The item's name: the text field with the most distinct values, as the default text names items, else its id.
+std::string item_name(const data::Dataset& dataset, std::uint32_t item) {
+  const auto roles = text::field_roles(dataset);
+  if (roles.name) {
+    const auto& value = dataset.item_fields[*roles.name].values[item];
+    if (!value.empty()) return value;
+  }
+  return dataset.item_ids[item];
+}
+
+std::vector<TypicalItem> typical_items(const data::Dataset& dataset, const data::SplitView& history,
+                                       const std::vector<std::uint32_t>& users, const ItemUsers& population,
+                                       std::size_t top) {
+  ItemUsers members;
+  for (auto u : users) members.add_user(history, u);
+  std::vector<std::pair<double, std::uint32_t>> ranked;  // (-lift, item)
+  for (const auto& [item, n] : members.per_item) {
+    if (n < 2 || n < 0.1 * members.users) continue;  // one member's choice says nothing of the code
+    const double base = population.per_item.at(item) / population.users;
+    ranked.emplace_back(-(n / members.users) / base, item);
+  }
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<TypicalItem> out;
+  for (std::size_t k = 0; k < top && k < ranked.size(); ++k) {
+    const auto item = ranked[k].second;
+    out.push_back({item_name(dataset, item), members.per_item.at(item) / members.users, -ranked[k].first});
+  }
+  return out;
+}
 
 MemberStatistics statistics(const data::SplitView& history, const std::vector<std::uint32_t>& users,
                             const data::ItemField& field, const CategoryCounts& population, std::size_t top) {
@@ -113,16 +158,21 @@ std::string probe_display(const FitInputs& in, std::size_t attribute) {
 nlohmann::json MemberStatistics::to_json() const {
   nlohmann::json top = nlohmann::json::array();
   for (const auto& c : top_categories) top.push_back({{"value", c.value}, {"share", c.share}, {"lift", c.lift}});
+  nlohmann::json items = nlohmann::json::array();
+  for (const auto& i : typical_items) items.push_back({{"name", i.name}, {"share", i.share}, {"lift", i.lift}});
   return {{"users", users},
           {"interactions_per_user", interactions_per_user},
           {"mean_rating", mean_rating},
           {"like_rate", like_rate},
-          {"top_categories", top}};
+          {"top_categories", top},
+          {"typical_items", items}};
 }
 
 nlohmann::json CodeExplanation::to_json() const {
-  return {{"attribute", attribute}, {"level", level + 1},          {"code", code},
-          {"probe", probe},         {"continuation", continuation}, {"members", members.to_json()}};
+  nlohmann::json j = {{"attribute", attribute}, {"level", level + 1},          {"code", code},
+                      {"probe", probe},         {"continuation", continuation}, {"members", members.to_json()}};
+  if (!continuation_note.empty()) j["continuation_note"] = continuation_note;
+  return j;
 }
 
 nlohmann::json UserExplanation::to_json() const {
@@ -137,7 +187,8 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
   const auto& dataset = *in.dataset;
   const auto& field = category_field(dataset, options.category_field);
   CategoryCounts population;
-  for (auto u : profiles.users) population.add_rows(history, u, field);
+  ItemUsers population_items;
+  for (auto u : profiles.users) population.add_rows(history, u, field), population_items.add_user(history, u);
   SampleOptions sample_options;
   SampleBuilder builder(dataset, history, *in.profile_template, *in.tokenizer, sample_options);
   const auto codes = profiles.codes.cpu();
@@ -147,6 +198,7 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
     const auto& book = profiles.codebooks[a];
     const std::int64_t L = profiles.attributes[a].soft_tokens;
     for (int level = 0; level < book.levels(); ++level) {
+      const std::size_t first = out.size();
       for (std::int64_t k = 0; k < book.codes(); ++k) {
         std::vector<std::uint32_t> members;
         std::vector<std::size_t> member_rows;
@@ -166,6 +218,7 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
         e.code = k;
         e.probe = probe_display(in, a);
         e.members = statistics(history, members, field, population, options.top_categories);
+        e.members.typical_items = typical_items(dataset, history, members, population_items, options.typical_items);
         // The codeword in context: plus the most common earlier-level codewords of its members.
         auto vector = book.codewords()[static_cast<std::size_t>(level)][k].detach().cpu().clone();
         if (level > 0 && !prefixes.empty()) {
@@ -177,6 +230,18 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
         e.continuation = continuation(in, builder, a, compute_aggregates(dataset, member_rows), vector.view({L, -1}),
                                       options.max_new_tokens);
         out.push_back(std::move(e));
+      }
+      // A continuation that every code of this level shares tells the codes apart no more than the probe does.
+      const bool all_same = out.size() - first > 1 && std::all_of(out.begin() + static_cast<std::ptrdiff_t>(first), out.end(),
+                                                                  [&](const CodeExplanation& e) {
+                                                                    return e.continuation == out[first].continuation;
+                                                                  });
+      if (all_same) {
+        for (std::size_t i = first; i < out.size(); ++i) {
+          out[i].continuation_note = "the LM continues the probe the same way for every code: \"" +
+                                     out[i].continuation + "\"";
+          out[i].continuation.clear();
+        }
       }
     }
   }

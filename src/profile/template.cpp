@@ -490,42 +490,25 @@ std::vector<std::filesystem::path> template_search_dirs() {
   return dirs;
 }
 
-std::filesystem::path default_template_path(const data::Dataset& dataset) {
-  std::string name;
-  if (dataset.field("title") && dataset.field("year") && dataset.field("genres")) {
-    name = "movielens.json";
-  } else if (dataset.field("categories") && dataset.field("price")) {
-    name = "synthetic.json";
-  } else {
-    std::string fields;
-    for (const auto& f : dataset.item_fields) fields += (fields.empty() ? "" : ", ") + f.name;
-    fail("no shipped profile template fits this dataset (item fields: {}; movielens.json needs title, year, genres; "
-         "synthetic.json needs categories, price): pass --template FILE (see docs/TEMPLATES.md)",
-         fields.empty() ? std::string("none") : fields);
+ProfileTemplate default_template(const data::Dataset& dataset) {
+  const text::DefaultText text = text::default_text(dataset);
+  nlohmann::json attributes = nlohmann::json::array();
+  std::string roles;
+  for (const auto& a : text.attributes) {
+    // The soft tokens take the summary's place after the same words, and start from the population's summary,
+    // where the LM reads that kind of fact.
+    attributes.push_back({{"name", a.name},
+                          {"evidence", a.evidence},
+                          {"soft_tokens", 4},
+                          {"init", a.typical + "."},
+                          {"probe", a.evidence + " <soft>. In short,"}});
+    roles += (roles.empty() ? "" : "; ") + a.name + " in place of \"" + a.summary + "\"";
   }
-  std::string searched;
-  for (const auto& dir : template_search_dirs()) {
-    const auto path = dir / name;
-    std::error_code error;
-    if (std::filesystem::is_regular_file(path, error)) return path;
-    searched += (searched.empty() ? "" : ", ") + path.string();
-  }
-  fail("the shipped template {} was not found (searched: {}): pass --template FILE", name, searched);
-}
-
-ProfileTemplate generic_template(const data::Dataset& dataset) {
   const nlohmann::json spec = {
-      {"description", "generic template: a neutral taste attribute and the user's activity as background"},
-      {"attributes",
-       {{{"name", "taste"}, {"evidence", "The user's taste:"}, {"soft_tokens", 1},
-         {"probe", "The user's taste: <soft>. Their favourite kind of item is"}},
-        {{"name", "background"},
-         {"evidence", "About this user ({user.count} interactions, {user.mean_rating} on average):"},
-         {"soft_tokens", 1},
-         {"probe", "About this user: <soft>. In short, this user"}}}},
-      // The phrase the default LM is pretrained on, so the LM scores the kind of text it saw.
-      {"behaviour", text::default_corpus_options(dataset).behaviour_phrase}};
-  return ProfileTemplate::parse(spec.dump(2), "generic template", dataset);
+      {"description", "the default template, made from the dataset's fields (docs/TEMPLATES.md): " + roles},
+      {"attributes", attributes},
+      {"behaviour", text.corpus.behaviour_phrase}};
+  return ProfileTemplate::parse(spec.dump(2), "default template", dataset);
 }
 
 }  // namespace userip::profile

@@ -278,6 +278,7 @@ std::vector<CodeExplanationRow> read_explanations(const fs::path& file) {
     row.code = require_integer(record, "code", where);
     row.probe = optional_string(record, "probe", where);
     row.continuation = optional_string(record, "continuation", where);
+    row.continuation_note = optional_string(record, "continuation_note", where);
     if (record.contains("members")) {
       const Json& members = require_object(record, "members", where);
       const std::string at = where + ": members";
@@ -292,6 +293,14 @@ std::vector<CodeExplanationRow> read_explanations(const fs::path& file) {
           row.top_categories.push_back({require_string(c, "value", category_at),
                                         optional_number(c, "share", category_at),
                                         optional_number(c, "lift", category_at)});
+        }
+      }
+      if (members.contains("typical_items")) {
+        for (const auto& c : require_array(members, "typical_items", at)) {
+          USERIP_CHECK(c.is_object(), "{}.typical_items must hold objects, not {}", at, c.dump());
+          const std::string item_at = at + ".typical_items[]";
+          row.typical_items.push_back({require_string(c, "name", item_at), optional_number(c, "share", item_at),
+                                       optional_number(c, "lift", item_at)});
         }
       }
     }

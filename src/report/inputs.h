@@ -75,8 +75,10 @@ struct CodeExplanationRow {
   std::int64_t level = 1;
   std::int64_t code = 0;
   std::string probe, continuation;
+  std::string continuation_note;  // set when every code shares one continuation (then empty)
   Measured users, interactions_per_user, mean_rating, like_rate;
   std::vector<CategoryShare> top_categories;
+  std::vector<CategoryShare> typical_items;  // value = the item's name
 };
 // JSON lines of `userip profile explain --json` (blank lines are skipped).
 std::vector<CodeExplanationRow> read_explanations(const std::filesystem::path& file);

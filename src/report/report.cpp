@@ -286,28 +286,36 @@ std::string explanations_section(const fs::path& file, const std::vector<CodeExp
     std::vector<std::string> probes;
     std::string table =
         "<table>\n<tr><th>level</th><th>code</th><th>users</th><th>interactions / user</th><th>mean rating</th>"
-        "<th>liked</th><th>top categories (share, lift)</th><th>LM continuation</th></tr>\n";
+        "<th>liked</th><th>top categories (share, lift)</th><th>typical items (share of members, lift)</th>"
+        "<th>LM continuation</th></tr>\n";
+    std::vector<std::string> notes;
     for (const auto& r : rows) {
       if (r.attribute != attribute) continue;
       if (!r.probe.empty() && std::find(probes.begin(), probes.end(), r.probe) == probes.end())
         probes.push_back(r.probe);
-      std::string categories;
-      for (const auto& c : r.top_categories) {
-        if (!categories.empty()) categories += "<br>";
-        categories += html_escape(c.value);
-        if (c.share) categories += fmt::format(" {:.0f}%", 100 * *c.share);
-        if (c.lift) categories += fmt::format(" ×{:.2f}", *c.lift);
-      }
+      if (!r.continuation_note.empty() && std::find(notes.begin(), notes.end(), r.continuation_note) == notes.end())
+        notes.push_back(r.continuation_note);
+      auto shares = [](const std::vector<CategoryShare>& values) {
+        std::string out;
+        for (const auto& c : values) {
+          if (!out.empty()) out += "<br>";
+          out += html_escape(c.value);
+          if (c.share) out += fmt::format(" {:.0f}%", 100 * *c.share);
+          if (c.lift) out += fmt::format(" ×{:.2f}", *c.lift);
+        }
+        return out;
+      };
       const Measured liked = r.like_rate ? Measured(100 * *r.like_rate) : std::nullopt;
-      table += fmt::format("<tr><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}<td>{}</td>"
+      table += fmt::format("<tr><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}<td>{}</td><td>{}</td>"
                            "<td class=\"text mono\">{}</td></tr>\n",
                            r.level, r.code, cell(r.users, "{:.0f}"), cell(r.interactions_per_user, "{:.1f}"),
-                           cell(r.mean_rating, "{:.2f}"), cell(liked, "{:.0f}%"), categories,
-                           html_escape(r.continuation));
+                           cell(r.mean_rating, "{:.2f}"), cell(liked, "{:.0f}%"), shares(r.top_categories),
+                           shares(r.typical_items), html_escape(r.continuation));
     }
     table += "</table>\n";
     html += "<h3>" + html_escape(attribute) + "</h3>\n";
     for (const auto& probe : probes) html += "<p>Probe: <code>" + html_escape(probe) + "</code></p>\n";
+    for (const auto& note : notes) html += "<p>LM continuation left out: " + html_escape(note) + ".</p>\n";
     html += page.table(table);
   }
   return html;

@@ -33,6 +33,12 @@ class UserSummary {
       pieces_.push_back(parse(name, phrase));
       pos = close + 1;
     }
+    // Quintiles of the users' shares of positive labels: a style relative to the population, whatever the rating
+    // scale or the label threshold, and for click data too.
+    std::vector<double> rates;
+    for (std::uint32_t u : rows.users()) rates.push_back(like_rate(u));
+    std::sort(rates.begin(), rates.end());
+    for (std::size_t q = 1; q < 5 && !rates.empty(); ++q) like_rate_quintiles_.push_back(rates[q * (rates.size() - 1) / 5]);
     // Population shares of each category field's values, for distinctiveness.
     for (const auto& piece : pieces_) {
       if (piece.kind != Kind::top || population_.count(piece.field)) continue;
@@ -53,11 +59,7 @@ class UserSummary {
         case Kind::literal: out += piece.literal; break;
         case Kind::count: out += std::to_string(view_->user_count(user)); break;
         case Kind::mean_rating: out += fmt::format("{:.1f}", mean_rating(user)); break;
-        case Kind::rating_style: {
-          const double m = mean_rating(user);
-          out += m >= 4.0 ? "generous" : m < 3.3 ? "critical" : "moderate";
-          break;
-        }
+        case Kind::rating_style: out += rating_style(user); break;
         case Kind::top: out += top(user, piece.field, piece.count); break;
       }
     }
@@ -96,6 +98,20 @@ class UserSummary {
          phrase, name);
   }
 
+  double like_rate(std::uint32_t user) const {
+    double likes = 0;
+    for (std::size_t i = view_->user_begin(user); i < view_->user_end(user); ++i) likes += view_->label(i) ? 1 : 0;
+    return view_->user_count(user) ? likes / static_cast<double>(view_->user_count(user)) : 0.0;
+  }
+
+  std::string rating_style(std::uint32_t user) const {
+    static const char* const kStyles[] = {"very critical", "critical", "moderate", "generous", "very generous"};
+    const double rate = like_rate(user);
+    std::size_t level = 0;
+    for (double cut : like_rate_quintiles_) level += rate > cut ? 1 : 0;
+    return kStyles[like_rate_quintiles_.empty() ? 2 : level];
+  }
+
   double mean_rating(std::uint32_t user) const {
     double sum = 0;
     for (std::size_t i = view_->user_begin(user); i < view_->user_end(user); ++i) sum += view_->rating(i);
@@ -126,45 +142,130 @@ class UserSummary {
   const data::SplitView* view_;
   std::vector<Piece> pieces_;
   std::map<std::size_t, std::map<std::string, double>> population_;
+  std::vector<double> like_rate_quintiles_;
 };
 
 }  // namespace
 
-CorpusOptions default_corpus_options(const data::Dataset& dataset) {
-  CorpusOptions options;
-  if (dataset.field("title") && dataset.field("year") && dataset.field("genres")) {
-    // The words before each summary are the evidence phrases of templates/movielens.json.
-    options.user_phrase =
-        "The user's taste in movies: {user.top2.genres}. About this user ({user.count} movies rated, "
-        "{user.mean_rating} on average): {user.rating_style}.";
-    return options;
+namespace {
+
+// Distinct values of a field (each value of a category_list counted on its own), and how many items have one.
+std::map<std::string, std::size_t> value_counts(const data::ItemField& field) {
+  std::map<std::string, std::size_t> counts;
+  for (const auto& v : field.values) {
+    if (v.empty()) continue;
+    if (field.kind == data::FieldKind::category_list) {
+      for (const auto& part : data::list_values(v)) ++counts[part];
+    } else {
+      ++counts[v];
+    }
   }
-  if (dataset.field("categories") && dataset.field("price")) {
-    // ... and of templates/synthetic.json.
-    options.user_phrase = "The user's taste in products: {user.top2.categories}. About this user: {user.top.price}, "
-                          "{user.rating_style}.";
-  }
-  // Generic phrases: name every text/category field the dataset has.
-  std::string item;
-  for (const auto& f : dataset.item_fields) {
-    if (f.kind == data::FieldKind::number && f.name != "year") continue;
-    item += (item.empty() ? "" : "; ") + f.name + ": {" + f.name + "}";
-  }
-  if (item.empty()) item = "item {item}";
-  options.item_phrase = item;
-  options.behaviour_phrase = "Chose " + item + "; rated {rating}.";
-  if (dataset.field("categories") && dataset.field("price") && dataset.field("title") && dataset.field("year")) {
-    // The kind of item comes before its title: a title names one item, and so its fixed price and categories, so
-    // after the title they tell the LM nothing about the user, and a profile could not be read from them.
-    options.behaviour_phrase = "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.";
-    // One choice per document, documents in random order: no training window holds another choice of the same
-    // user, so the summary is the only evidence about the user and the LM learns to read it. With three choices per
-    // document in user order, an LM pretrained on a synthetic world barely read the taste summary (docs/RESULTS.md).
-    options.sentences_per_document = 1;
-    options.shuffle_documents = true;
-  }
-  return options;
+  return counts;
 }
+
+bool is_category(const data::ItemField& f) {
+  return f.kind == data::FieldKind::category || f.kind == data::FieldKind::category_list;
+}
+
+// The most common values of a category field over the training rows, for the population's summary.
+std::string typical_values(const data::Dataset& dataset, std::size_t field, std::size_t how_many) {
+  std::map<std::string, double> shares;
+  auto count = [&](std::uint32_t item) {
+    for (const auto& v : data::list_values(dataset.item_fields[field].values[item])) shares[v] += 1;
+  };
+  if (dataset.has_split()) {
+    const auto train = dataset.training_view();
+    for (std::size_t i = 0; i < train.size(); ++i) count(train.item(i));
+  } else {
+    for (auto item : dataset.interactions.item) count(item);
+  }
+  std::vector<std::pair<double, std::string>> ranked;
+  for (const auto& [value, n] : shares) ranked.emplace_back(-n, value);
+  std::sort(ranked.begin(), ranked.end());
+  std::string out;
+  for (std::size_t k = 0; k < how_many && k < ranked.size(); ++k) out += (k ? ", " : "") + ranked[k].second;
+  return out.empty() ? "unknown" : out;
+}
+
+}  // namespace
+
+FieldRoles field_roles(const data::Dataset& dataset) {
+  FieldRoles roles;
+  std::vector<std::size_t> distinct(dataset.item_fields.size());
+  for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) distinct[f] = value_counts(dataset.item_fields[f]).size();
+  auto more_distinct = [&](std::optional<std::size_t> best, std::size_t f) { return !best || distinct[f] > distinct[*best]; };
+  for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
+    const auto& field = dataset.item_fields[f];
+    if (field.kind == data::FieldKind::text && distinct[f] >= 2 && more_distinct(roles.name, f)) roles.name = f;
+    if (is_category(field) && distinct[f] >= 3 && more_distinct(roles.taste, f)) roles.taste = f;
+  }
+  for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
+    const auto& field = dataset.item_fields[f];
+    if (is_category(field) && f != roles.taste && distinct[f] >= 2 && distinct[f] <= 32) roles.background.push_back(f);
+    if (field.kind == data::FieldKind::number && distinct[f] >= 2 && roles.numbers.size() < 2) roles.numbers.push_back(f);
+  }
+  std::stable_sort(roles.background.begin(), roles.background.end(),
+                   [&](std::size_t a, std::size_t b) { return distinct[a] < distinct[b]; });
+  if (roles.background.size() > 2) roles.background.resize(2);
+  return roles;
+}
+
+DefaultText default_text(const data::Dataset& dataset) {
+  const FieldRoles roles = field_roles(dataset);
+  auto placeholder = [&](std::size_t f) { return "{" + dataset.item_fields[f].name + "}"; };
+  DefaultText text;
+  CorpusOptions& options = text.corpus;
+
+  // An item line: its name and numbers, then what kind of item it is.
+  std::string numbers, kinds;
+  for (std::size_t f : roles.numbers) numbers += (numbers.empty() ? "" : ", ") + placeholder(f);
+  if (roles.taste) kinds = placeholder(*roles.taste);
+  for (std::size_t f : roles.background) kinds += (kinds.empty() ? "" : "; ") + placeholder(f);
+  std::string item = roles.name ? placeholder(*roles.name) : "item {item}";
+  if (!numbers.empty()) item += " (" + numbers + ")";
+  options.item_phrase = kinds.empty() ? item : item + ": " + kinds;
+
+  // A behaviour sentence names the kind of item before its name: a name stands for one item, and so for its fixed
+  // kind, so after the name the kind tells the LM nothing about the user and a profile could not be read from it.
+  std::string chose = "Chose ";
+  if (roles.background.empty()) {
+    chose += "an item";
+  } else {
+    chose += "a ";
+    for (std::size_t k = 0; k < roles.background.size(); ++k) chose += (k ? ", " : "") + placeholder(roles.background[k]);
+    chose += " item";
+  }
+  if (roles.taste) chose += " in " + placeholder(*roles.taste);
+  chose += ": " + (roles.name ? placeholder(*roles.name) : std::string("item {item}"));
+  if (!numbers.empty()) chose += ", " + numbers;
+  options.behaviour_phrase =
+      chose + (dataset.label_kind == data::LabelKind::rating ? "; rated {rating}." : "; {label}.");
+
+  // The user summary: the evidence the LM must learn to read, in words and never in numbers, so that a profile
+  // fitted in its place has to carry what the numbers would have said.
+  if (roles.taste) {
+    const std::string field = dataset.item_fields[*roles.taste].name;
+    text.attributes.push_back({"taste", "The user's taste in products:", "{user.top2." + field + "}",
+                               typical_values(dataset, *roles.taste, 2)});
+  }
+  std::string summary, typical;
+  for (std::size_t f : roles.background) {
+    summary += "{user.top." + dataset.item_fields[f].name + "}, ";
+    typical += typical_values(dataset, f, 1) + ", ";
+  }
+  text.attributes.push_back({"background", "About this user:", summary + "{user.rating_style}", typical + "moderate"});
+  for (const auto& a : text.attributes)
+    options.user_phrase += (options.user_phrase.empty() ? "" : " ") + a.evidence + " " + a.summary + ".";
+
+  // One choice per document, documents in random order: no training window holds another choice of the same user,
+  // so the summary is the only evidence about the user and the LM learns to read it. With three choices per
+  // document in user order, an LM pretrained on a synthetic world barely read the taste summary (docs/RESULTS.md).
+  options.sentences_per_document = 1;
+  options.shuffle_documents = true;
+  return text;
+}
+
+CorpusOptions default_corpus_options(const data::Dataset& dataset) { return default_text(dataset).corpus; }
 
 Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options) {
   USERIP_CHECK(options.sentences_per_document >= 1, "sentences per document must be >= 1");

@@ -1,4 +1,6 @@
 #include <gtest/gtest.h>
+
+#include <map>
 #include <torch/torch.h>
 
 #include <fstream>
@@ -234,6 +236,49 @@ TEST(CtrControls, CollaborativeCodesCoverWarmAndColdUsers) {
   EXPECT_EQ(t.fields[0].cardinality, 5);
   // Deterministic for a seed.
   EXPECT_EQ(collaborative_control_codes(d, 8, 5, 3).codes, t.codes);
+}
+
+TEST(CtrControls, HistoryCodesSeparateUsersByTheirPositiveShareWarmAndCold) {
+  const data::Dataset& d = world();
+  const UserCodeTable t = history_control_codes(d, "", 4, 3);
+  EXPECT_EQ(t.source, "control-history");
+  EXPECT_EQ(t.fields[0].cardinality, 4);
+  const data::SplitView train = d.training_view(), cold_history = d.view({data::SplitPart::cold_history});
+  // Each code's members, warm users (training rows) and cold users (cold_history) apart.
+  std::map<std::int32_t, std::vector<double>> warm_rates, cold_rates;
+  auto rate = [](const data::SplitView& v, std::uint32_t u) {
+    double likes = 0;
+    for (std::size_t i = v.user_begin(u); i < v.user_end(u); ++i) likes += v.label(i);
+    return likes / static_cast<double>(v.user_count(u));
+  };
+  for (std::uint32_t u = 0; u < d.num_users(); ++u) {
+    const bool warm = train.user_count(u) > 0, cold = cold_history.user_count(u) > 0;
+    if (!warm && !cold) continue;
+    ASSERT_TRUE(t.codes.count(d.user_ids[u])) << d.user_ids[u];
+    const auto code = t.codes.at(d.user_ids[u])[0];
+    ASSERT_GE(code, 0);
+    ASSERT_LT(code, 4);
+    (warm ? warm_rates : cold_rates)[code].push_back(warm ? rate(train, u) : rate(cold_history, u));
+  }
+  ASSERT_FALSE(cold_rates.empty());
+  // The positive share is one of the four statistics: the codes' mean shares spread far wider than the noise of
+  // a random partition would, for warm users and for the cold users placed by their cold history.
+  auto spread = [](const std::map<std::int32_t, std::vector<double>>& by_code) {
+    double lo = 1, hi = 0;
+    for (const auto& [code, rates] : by_code) {
+      if (rates.size() < 3) continue;
+      double mean = 0;
+      for (double r : rates) mean += r / static_cast<double>(rates.size());
+      lo = std::min(lo, mean), hi = std::max(hi, mean);
+    }
+    return hi - lo;
+  };
+  EXPECT_GT(spread(warm_rates), 0.15);
+  EXPECT_GT(spread(cold_rates), 0.1);
+  EXPECT_EQ(history_control_codes(d, "", 4, 3).codes, t.codes);  // deterministic for a seed
+  expect_error([&] { history_control_codes(d, "", 0, 3); }, {"control-history"});
+  EXPECT_EQ(variant_from_string("control-history"), Variant::control_history);
+  expect_error([] { variant_from_string("control-x"); }, {"control-x", "control-history"});
 }
 
 }  // namespace

@@ -106,6 +106,24 @@ TEST(Import, UnknownItemsAreReportedNotDropped) {
   EXPECT_EQ(d.field("genres")->values[0], "Comedy|Drama");
 }
 
+TEST(Import, ListFieldsAreRecognisedByTheirValuesWhateverTheirName) {
+  testing::TempDir dir;
+  auto o = options_for(dir, dir.write("log.csv", "user,item,rating\nu1,i1,4\nu1,i2,2\nu2,i3,5\n"));
+  o.items = dir.write("items.csv",
+                      "item,name,x_labels,tier\n"
+                      "i1,Alpha | Beta,red|blue,low\n"
+                      "i2,Gamma,blue,low\n"
+                      "i3,Delta,green | red,high\n"
+                      "i4,Epsilon,red,low\n");
+  import_dataset(o);
+  Dataset d = Dataset::load(o.out);
+  EXPECT_EQ(d.field("x_labels")->kind, FieldKind::category_list);
+  EXPECT_EQ(d.field("x_labels")->values[2], "green|red");
+  // A title holding the separator once, whose parts repeat nowhere, stays text.
+  EXPECT_EQ(d.field("name")->kind, FieldKind::text);
+  EXPECT_EQ(d.field("tier")->kind, FieldKind::category);
+}
+
 TEST(Import, ItemTableAsJsonLinesWithArraysAndInferredKinds) {
   testing::TempDir dir;
   auto o = options_for(dir, dir.write("log.jsonl",

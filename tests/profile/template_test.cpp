@@ -65,27 +65,60 @@ std::string template_text(const std::vector<std::string>& attribute_lines,
   return text;
 }
 
-TEST(ProfileTemplate, ShippedMovieLensTemplateFitsAMovieLensDataset) {
+TEST(ProfileTemplate, DefaultTemplatePutsSoftTokensWhereTheCorpusSummaryStands) {
   const auto dataset = movielens_like();
-  const auto t = ProfileTemplate::load(shipped("movielens.json"), dataset);
+  const auto t = default_template(dataset);
   ASSERT_EQ(t.attributes().size(), 2u);
   EXPECT_EQ(t.attributes()[0].name, "taste");
   EXPECT_EQ(t.attributes()[1].name, "background");
   EXPECT_EQ(t.total_soft_tokens(), 8);
   EXPECT_EQ(t.soft_offset(1), 4);
   EXPECT_FALSE(t.one_interaction_per_sample());
-  EXPECT_EQ(t.attributes()[0].line, 4);  // the file's first attribute object starts on line 4
   // The LM's corpus puts a summary of the user after these very words, so the soft tokens stand
   // where the LM learned to read a description of the user.
-  for (const auto& a : t.attributes())
-    EXPECT_NE(text::default_corpus_options(dataset).user_phrase.find(a.evidence), std::string::npos) << a.evidence;
+  const auto corpus = text::default_corpus_options(dataset);
+  for (const auto& a : t.attributes()) EXPECT_NE(corpus.user_phrase.find(a.evidence + " {user."), std::string::npos) << a.evidence;
   // The LM is pretrained on the corpus's behaviour phrase: the template must score the same text.
-  EXPECT_EQ(t.behaviour(), text::default_corpus_options(dataset).behaviour_phrase);
-  EXPECT_EQ(t.render_behaviour(dataset, 0), "Watched Toy Story (1995), Adventure, Animation, Children; rated 5.");
+  EXPECT_EQ(t.behaviour(), corpus.behaviour_phrase);
+  EXPECT_EQ(t.render_behaviour(dataset, 0), "Chose an item in Adventure, Animation, Children: Toy Story, 1995; rated 5.");
+  // No answer in plain text: the evidence says nothing of the user, whatever the user did.
+  UserAggregates some_user;
+  some_user.count = 7;
+  some_user.mean_rating = 4.5;
+  for (std::size_t a = 0; a < 2; ++a) EXPECT_EQ(t.render_evidence(a, dataset, some_user), t.attributes()[a].evidence);
+  // The soft tokens start from the population's summary: the most common genres, a moderate user.
+  EXPECT_EQ(t.attributes()[0].init, "Adventure, Animation.");
+  EXPECT_EQ(t.attributes()[1].init, "moderate.");
   const auto json = t.to_json();
   EXPECT_EQ(json["attributes"][1]["name"], "background");
   EXPECT_EQ(json["total_soft_tokens"], 8);
-  EXPECT_EQ(json["source"], shipped("movielens.json").string());
+  // A fit records the template itself, and later commands read it back from there.
+  const auto reread = recorded_template({{"template", json}}, dataset, "record").to_json();
+  EXPECT_EQ(reread["attributes"], json["attributes"]);
+  EXPECT_EQ(reread["behaviour"], json["behaviour"]);
+}
+
+TEST(ProfileTemplate, DefaultTemplateFollowsTheFieldsNotTheirNames) {
+  const auto dataset = small_synthetic();
+  auto other = dataset;
+  for (auto& f : other.item_fields) f.name = "f_" + f.name + "_x";
+  const auto a = default_template(dataset), b = default_template(other);
+  ASSERT_EQ(a.attributes().size(), b.attributes().size());
+  EXPECT_EQ(b.behaviour(), "Chose a {f_price_x} item in {f_categories_x}: {f_title_x}, {f_year_x}; rated {rating}.");
+  for (std::size_t k = 0; k < a.attributes().size(); ++k) {
+    EXPECT_EQ(a.attributes()[k].evidence, b.attributes()[k].evidence);
+    EXPECT_EQ(a.attributes()[k].init, b.attributes()[k].init);
+  }
+  for (std::size_t row = 0; row < dataset.num_interactions(); ++row)
+    EXPECT_EQ(a.render_behaviour(dataset, row), b.render_behaviour(other, row));
+  // A dataset with a single kind of item has no taste to describe: the background attribute alone.
+  data::Dataset plain;
+  plain.item_ids = {"a"};
+  plain.item_fields = {{"brand", data::FieldKind::category, {"Acme"}}};
+  const auto only = default_template(plain);
+  ASSERT_EQ(only.attributes().size(), 1u);
+  EXPECT_EQ(only.attributes()[0].name, "background");
+  EXPECT_EQ(only.behaviour(), text::default_corpus_options(plain).behaviour_phrase);
 }
 
 TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
@@ -102,15 +135,20 @@ TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
   EXPECT_EQ(t.to_json()["attributes"][1]["init"], "standard, moderate.");
   const auto reparsed = recorded_template({{"template", t.to_json()}}, dataset, "record");
   EXPECT_EQ(reparsed.attributes()[1].init, "standard, moderate.");
-  EXPECT_FALSE(ProfileTemplate::load(shipped("movielens.json"), movielens_like()).to_json()["attributes"][0].contains("init"));
+  EXPECT_FALSE(ProfileTemplate::parse(template_text({R"({"name": "taste", "evidence": "Likes:"})"}), "t.json",
+                                      movielens_like())
+                   .to_json()["attributes"][0]
+                   .contains("init"));
   for (std::size_t a = 0; a < 2; ++a) {
     const auto probe = t.render_probe(a, dataset, UserAggregates{});
     EXPECT_FALSE(probe.before.empty());
     EXPECT_FALSE(probe.after.empty());
   }
-  // And the MovieLens template does not fit synthetic data: it names {genres}.
-  expect_error([&] { ProfileTemplate::load(shipped("movielens.json"), dataset); },
-               {"movielens.json:", "{genres}", "available:", "categories"});
+  // And a template for other data does not fit: it names a field this dataset lacks.
+  expect_error([&] { ProfileTemplate::parse(template_text({R"({"name": "taste", "evidence": "Likes:"})"},
+                                                          "Watched {genres}; rated {rating}."),
+                                            "movies.json", dataset); },
+               {"movies.json", "{genres}", "available:", "categories"});
 }
 
 std::string read_text(const fs::path& file) {
@@ -120,25 +158,11 @@ std::string read_text(const fs::path& file) {
 
 TEST(ProfileTemplate, DocumentationShowsTheShippedFilesVerbatim) {
   const std::string doc = read_text(fs::path(USERIP_SOURCE_DIR) / "docs" / "TEMPLATES.md");
-  for (const char* name : {"movielens.json", "synthetic.json"}) {
+  for (const char* name : {"synthetic.json"}) {
     std::string text = read_text(shipped(name));
     while (!text.empty() && text.back() == '\n') text.pop_back();
     EXPECT_NE(doc.find("```json\n" + text + "\n```"), std::string::npos) << name << " differs in docs/TEMPLATES.md";
   }
-}
-
-TEST(ProfileTemplate, DefaultTemplatePathFollowsTheDatasetFields) {
-  EXPECT_EQ(default_template_path(movielens_like()).filename(), "movielens.json");
-  EXPECT_EQ(default_template_path(small_synthetic()).filename(), "synthetic.json");
-  EXPECT_TRUE(fs::exists(default_template_path(movielens_like())));
-  data::Dataset other;
-  other.item_ids = {"a"};
-  other.item_fields = {{"brand", data::FieldKind::category, {"Acme"}}};
-  expect_error([&] { default_template_path(other); }, {"--template", "brand"});
-  const auto generic = generic_template(other);
-  EXPECT_EQ(generic.behaviour(), text::default_corpus_options(other).behaviour_phrase);
-  EXPECT_EQ(generic.attributes().size(), 2u);
-  EXPECT_FALSE(template_search_dirs().empty());
 }
 
 TEST(ProfileTemplate, EvidenceRendersHandComputedAggregates) {

@@ -244,7 +244,7 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
     auto o = std::make_shared<ExperimentCommand>();
     auto* cmd = app.add_subcommand(
         "experiment",
-        "Compare variants (base, UserIP codes, UserIP dense profiles, two no-LM controls) for each CTR model over "
+        "Compare variants (base, UserIP codes, UserIP dense profiles, three no-LM controls) for each CTR model over "
         "several seeds: mean ± std and paired t-tests for all, sparse and cold users");
     cmd->add_option("--dataset", o->dataset, "Dataset directory (with a split)")->required();
     cmd->add_option("--config", o->config, "Configuration file (base, experiments, compare; docs/CTR.md)");
@@ -255,7 +255,7 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--experiments", o->experiments, "Experiments of the configuration to run (default: all)")
         ->delimiter(',');
     cmd->add_option("--variants", o->variants,
-                    "Variants: base, codes, dense, control-genres, control-cf (default: all)")
+                    "Variants: base, codes, dense, control-genres, control-cf, control-history (default: all)")
         ->delimiter(',');
     cmd->add_flag("--fresh", o->fresh, "Ignore runs of an earlier invocation instead of reusing unchanged ones");
     cmd->add_option("--device", o->device, "cpu or cuda[:N]")->capture_default_str();

@@ -117,9 +117,9 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
     cmd->add_option("--item-fields-from-interactions", o->item_fields_from_interactions,
                     "Item fields repeated on every interaction row (denormalised logs)")
         ->delimiter(',');
-    cmd->add_option("--list-fields", o->list_fields, "Fields holding '|'-separated category lists")
-        ->delimiter(',')
-        ->capture_default_str();
+    cmd->add_option("--list-fields", o->list_fields, "Fields holding category lists separated by --list-separator (others are read as lists when "
+                    "at least 5% of their values hold the separator and some part repeats)")
+        ->delimiter(',');
     cmd->add_option("--list-separator", *separator, "Separator inside list fields")->capture_default_str();
     cmd->add_option("--field-kind", *kinds, "Force a field's kind: NAME=text|category|category_list|number");
     cmd->add_flag("--skip-bad-rows", o->skip_bad_rows,

@@ -88,13 +88,12 @@ std::shared_ptr<CorpusFlags> add_corpus_flags(CLI::App* cmd) {
   auto flags = std::make_shared<CorpusFlags>();
   cmd->add_option("--sentences-per-document", flags->sentences_per_document,
                   "Behaviour sentences per corpus document, after the user's summary in most documents: with fewer, "
-                  "the LM must read the summary, not the user's earlier sentences, to predict a choice (default: 1 "
-                  "for synthetic worlds, 3 otherwise)")
+                  "the LM must read the summary, not the user's earlier sentences, to predict a choice (default: 1)")
       ->check(CLI::Range(1, 1000));
   auto* on = cmd->add_flag_callback(
       "--shuffle-documents", [flags] { flags->shuffle_documents = true; },
       "Training documents in a seeded random order, not user by user, so that a training window holds no other "
-      "document of the same user (default: on for synthetic worlds, off otherwise)");
+      "document of the same user (default: on)");
   auto* off = cmd->add_flag_callback(
       "--no-shuffle-documents", [flags] { flags->shuffle_documents = false; }, "Training documents user by user");
   on->excludes(off);

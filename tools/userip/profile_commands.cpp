@@ -22,22 +22,32 @@ namespace userip::cli {
 
 namespace {
 
-// The template of a run: a file, the dataset's default, or (for later commands) the copy the fit
-// recorded. `soft_tokens` > 0 overrides every attribute's number of soft tokens (an ablation).
+// The template of a run: a file, or the default made from the dataset's fields (or, for later
+// commands, the copy the fit recorded). `soft_tokens` > 0 overrides every attribute's number of
+// soft tokens (an ablation).
 profile::ProfileTemplate load_template(const std::filesystem::path& file, const data::Dataset& dataset,
                                        int soft_tokens, std::string* used_path) {
-  std::filesystem::path path = file.empty() ? profile::default_template_path(dataset) : file;
-  if (used_path) *used_path = path.string();
-  if (soft_tokens <= 0) return profile::ProfileTemplate::load(path, dataset);
+  if (used_path) *used_path = file.empty() ? std::string() : file.string();
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::parse_error&) {
-    return profile::ProfileTemplate::load(path, dataset);  // reports the syntax error with its line
+  std::string source;
+  if (file.empty()) {
+    auto generated = profile::default_template(dataset);
+    if (soft_tokens <= 0) return generated;
+    j = generated.to_json();
+    for (const char* derived : {"source", "total_soft_tokens", "one_interaction_per_sample"}) j.erase(derived);
+    source = generated.source();
+  } else {
+    if (soft_tokens <= 0) return profile::ProfileTemplate::load(file, dataset);
+    try {
+      j = nlohmann::json::parse(read_file(file));
+    } catch (const nlohmann::json::parse_error&) {
+      return profile::ProfileTemplate::load(file, dataset);  // reports the syntax error with its line
+    }
+    source = file.string();
   }
   if (j.contains("attributes") && j["attributes"].is_array())
     for (auto& a : j["attributes"]) a["soft_tokens"] = soft_tokens;
-  return profile::ProfileTemplate::parse(j.dump(2), fmt::format("{} (with --soft-tokens {})", path.string(), soft_tokens),
+  return profile::ProfileTemplate::parse(j.dump(2), fmt::format("{} (with --soft-tokens {})", source, soft_tokens),
                                          dataset);
 }
 
@@ -102,7 +112,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--dataset", c->dataset, "Dataset directory (profiles use its training split only)")->required();
     add_model_options(cmd, c->model);
     cmd->add_option("--template", c->template_file,
-                    "Template file (JSON, docs/TEMPLATES.md); default: the shipped one for the dataset's fields");
+                    "Template file (JSON, docs/TEMPLATES.md); default: one made from the dataset's fields");
     cmd->add_option("--out", c->out, "Output directory")->required();
     cmd->add_option("--bank", c->bank, "Feature bank to write (default: OUT/bank.sqlite)");
     cmd->add_flag("--no-bank", c->no_bank, "Do not write a feature bank");
@@ -373,8 +383,12 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
         std::string top;
         for (const auto& c : m.top_categories)
           top += fmt::format("{}{} ({:.0f}%, lift {:.2f})", top.empty() ? "" : ", ", c.value, 100 * c.share, c.lift);
-        return fmt::format("{} users, {:.1f} interactions each, mean rating {:.2f}, {:.0f}% liked; top: {}", m.users,
-                           m.interactions_per_user, m.mean_rating, 100 * m.like_rate, top.empty() ? "-" : top);
+        std::string items;
+        for (const auto& i : m.typical_items)
+          items += fmt::format("{}{} ({:.0f}%, lift {:.1f})", items.empty() ? "" : "; ", i.name, 100 * i.share, i.lift);
+        return fmt::format("{} users, {:.1f} interactions each, mean rating {:.2f}, {:.0f}% liked; top: {}{}", m.users,
+                           m.interactions_per_user, m.mean_rating, 100 * m.like_rate, top.empty() ? "-" : top,
+                           items.empty() ? "" : "\n    typical items: " + items);
       };
       if (!user->empty()) {
         auto e = profile::explain_user(in, f.fit.profiles, history, *user, *o);
@@ -395,8 +409,12 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
           std::cout << e.to_json().dump() << "\n";
           continue;
         }
-        std::cout << fmt::format("{} level {} code {}: {}\n    probe: {} → \"{}\"\n", e.attribute, e.level + 1, e.code,
-                                 describe(e.members), e.probe, e.continuation);
+        std::cout << fmt::format("{} level {} code {}: {}\n", e.attribute, e.level + 1, e.code, describe(e.members));
+        if (e.continuation_note.empty()) {
+          std::cout << fmt::format("    probe: {} → \"{}\"\n", e.probe, e.continuation);
+        } else if (e.code == 0) {
+          std::cout << fmt::format("    probe: {}: {}\n", e.probe, e.continuation_note);
+        }
       }
     });
   }

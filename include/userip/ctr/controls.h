@@ -1,7 +1,8 @@
 #pragma once
 // Control profiles that use no language model, for the experiment's comparison (METHOD.md §3):
-// does the LM add anything over clustering what the user did? Both give every warm user (from the
+// does the LM add anything over clustering what the user did? Each gives every warm user (from the
 // training split) and every cold user (from cold_history) one code, as a feature-bank-like table.
+// There are three: genre histograms, collaborative embeddings, and plain history statistics.
 #include <cstdint>
 #include <string>
 
@@ -22,5 +23,14 @@ UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::s
 // users are embedded the same way (fold-in). Centroids from the warm users.
 UserCodeTable collaborative_control_codes(const data::Dataset& dataset, std::int64_t dim, std::int64_t codes,
                                           std::uint64_t seed);
+
+// k-means codes of plain statistics of each user's history: the share of positive labels, the mean
+// rating (rating data), the activity (log of the count) and the histogram of a category field
+// (`field` as in histogram_control_codes). Each number is standardised over the warm users and the
+// histogram scaled to unit total variance, so that each of the four weighs alike. Warm users are
+// described by their training rows, cold users by their cold_history (what fold-in reads), and
+// cold users take the nearest warm centroid: what simple statistics give without any LM.
+UserCodeTable history_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
+                                    std::uint64_t seed);
 
 }  // namespace userip::ctr

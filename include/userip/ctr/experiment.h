@@ -5,7 +5,8 @@
 // compares each variant with the base by a paired t-test over seeds.
 //
 // Variants (METHOD.md §3): base (no profile); codes (UserIP profile IDs from the feature bank);
-// dense (UserIP profile vectors); control-genres and control-cf (k-means codes that use no LM).
+// dense (UserIP profile vectors); control-genres, control-cf and control-history (k-means codes
+// that use no LM).
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -18,7 +19,7 @@
 
 namespace userip::ctr {
 
-enum class Variant { base, codes, dense, control_genres, control_cf };
+enum class Variant { base, codes, dense, control_genres, control_cf, control_history };
 std::string to_string(Variant variant);
 Variant variant_from_string(std::string_view name);  // error lists the names
 
@@ -27,10 +28,10 @@ struct CompareConfig {
   std::vector<std::string> experiments;  // empty = every experiment of the file (or the base alone)
   int seeds = 5;                         // runs seed_base, seed_base + 1, ...
   std::uint64_t seed_base = 1;
-  std::vector<Variant> variants = {Variant::base, Variant::codes, Variant::dense, Variant::control_genres,
-                                   Variant::control_cf};
-  std::int64_t control_codes = 8;  // k of both controls
-  std::string control_field;       // item field of control-genres; empty = the first category field
+  std::vector<Variant> variants = {Variant::base,           Variant::codes,      Variant::dense,
+                                   Variant::control_genres, Variant::control_cf, Variant::control_history};
+  std::int64_t control_codes = 8;  // k of every control
+  std::string control_field;       // item field of control-genres and control-history; empty = the first category field
   std::int64_t cf_dim = 16;        // rank of control-cf's factorisation
   double sparse_quantile = 0.25;   // sparse users: the bottom quantile of training history length
 

@@ -31,11 +31,13 @@ struct ImportOptions {
   // Item fields taken from the interactions file itself (logs that repeat item attributes on
   // every row, like MovieLens' export); the values of one item must agree across rows.
   std::vector<std::string> item_fields_from_interactions;
-  // Fields holding several categories separated by `list_separator` (JSON arrays also work).
-  std::vector<std::string> list_fields = {"genres", "categories", "tags"};
+  // Fields holding several categories separated by `list_separator` (JSON arrays also work). Fields
+  // not named here are still read as lists when their values look like lists (see below).
+  std::vector<std::string> list_fields;
   char list_separator = '|';
-  // Kinds forced by the user (field name → kind); others are inferred: list_fields →
-  // category_list; all values numeric → number; few distinct values → category; else text.
+  // Kinds forced by the user (field name → kind); others are inferred from the values, never from
+  // the name: list_fields, or at least 5% of the values hold `list_separator` and some part repeats
+  // → category_list; all values numeric → number; few distinct values → category; else text.
   std::map<std::string, FieldKind> field_kinds;
 
   bool skip_bad_rows = false;   // otherwise the first malformed row stops the import

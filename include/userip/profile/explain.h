@@ -16,6 +16,7 @@ namespace userip::profile {
 struct ExplainOptions {
   std::int64_t max_new_tokens = 16;
   std::size_t top_categories = 3;
+  std::size_t typical_items = 3;
   // Item field whose values are counted (category or category_list); "" = the first such field.
   std::string category_field;
 };
@@ -26,12 +27,20 @@ struct CategoryLift {
   double lift = 0;   // share / the population's share
 };
 
+// An item the members chose more often than the population did.
+struct TypicalItem {
+  std::string name;  // the item's name field (or its id)
+  double share = 0;  // of the members who chose it
+  double lift = 0;   // share / the share of all users who chose it
+};
+
 struct MemberStatistics {
   std::int64_t users = 0;
   double interactions_per_user = 0;  // in the history (training) rows
   double mean_rating = 0;
   double like_rate = 0;
   std::vector<CategoryLift> top_categories;
+  std::vector<TypicalItem> typical_items;  // chosen by at least 10% of the members (and two), by lift
   nlohmann::json to_json() const;
 };
 
@@ -40,7 +49,10 @@ struct CodeExplanation {
   int level = 0;  // 0-based
   std::int64_t code = 0;
   std::string probe;         // the probe text, "<soft>" where the codeword goes
-  std::string continuation;  // greedy, decoded
+  // Greedy, decoded; empty when every code of the attribute and level gets the same one (it then
+  // says nothing about this code, and `continuation_note` says so).
+  std::string continuation;
+  std::string continuation_note;
   MemberStatistics members;
   nlohmann::json to_json() const;
 };

@@ -109,12 +109,9 @@ class ProfileTemplate {
 // definition USERIP_SOURCE_DIR when given, else derived from this library's source path).
 std::vector<std::filesystem::path> template_search_dirs();
 
-// movielens.json for datasets with title, year and genres fields; synthetic.json for categories and
-// price. Throws userip::Error asking for --template otherwise, or when no search dir has the file.
-std::filesystem::path default_template_path(const data::Dataset& dataset);
-
-// A template for any dataset: a neutral taste attribute, a background attribute with the user's
-// activity and mean rating, and the default LM corpus's behaviour phrase for the dataset.
-ProfileTemplate generic_template(const data::Dataset& dataset);
+// The template a fit uses without a template file, for any dataset: the attributes of the default
+// LM's user summary (text::default_text), each with its soft tokens where the summary stood and
+// no answer in plain text, and the default corpus's behaviour phrase.
+ProfileTemplate default_template(const data::Dataset& dataset);
 
 }  // namespace userip::profile
