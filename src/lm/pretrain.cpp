@@ -414,4 +414,23 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
   return result;
 }
 
+std::optional<std::size_t> pretrained_sentences_per_document(const fs::path& model) {
+  const fs::path record = model / "pretrain.json";
+  std::error_code error;
+  if (!fs::is_directory(model, error) || !fs::is_regular_file(record, error)) return std::nullopt;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_file(record));
+  } catch (const nlohmann::json::parse_error& e) {
+    fail("{}: malformed JSON: {}", record.string(), e.what());
+  }
+  const auto corpus = j.find("corpus");
+  if (corpus == j.end() || !corpus->is_object()) return std::nullopt;
+  const auto sentences = corpus->find("sentences_per_document");
+  if (sentences == corpus->end()) return std::nullopt;
+  USERIP_CHECK(sentences->is_number_unsigned() && sentences->get<std::size_t>() >= 1,
+               "{}: corpus.sentences_per_document must be a positive integer, not {}", record.string(), sentences->dump());
+  return sentences->get<std::size_t>();
+}
+
 }  // namespace userip::lm

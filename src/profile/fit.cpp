@@ -174,6 +174,8 @@ void FitOptions::validate() const {
                samples.max_tokens);
   USERIP_CHECK(samples.samples_per_user >= 1 && samples.samples_per_user <= 1000,
                "--samples-per-user must be in [1, 1000], got {}", samples.samples_per_user);
+  USERIP_CHECK(samples.max_interactions >= 0 && samples.max_interactions <= 100000,
+               "--interactions-per-sample must be in [0, 100000], got {}", samples.max_interactions);
   USERIP_CHECK(max_batch_tokens >= samples.max_tokens, "--batch-tokens ({}) must be at least --max-tokens ({})",
                max_batch_tokens, samples.max_tokens);
   USERIP_CHECK(max_batch_rows >= 1, "--batch-rows must be >= 1, got {}", max_batch_rows);
@@ -206,6 +208,8 @@ nlohmann::json FitOptions::to_json() const {
           {"max_batch_rows", max_batch_rows},
           {"max_eval_users", max_eval_users},
           {"seed", seed}};
+  // Only when set, so that fits made before the option existed keep their fingerprints.
+  if (samples.max_interactions > 0) j["max_interactions"] = samples.max_interactions;
   // Only when not 1 (one seeding, as before restarts existed), so that such fits keep their fingerprints.
   if (kmeans_restarts != 1) j["kmeans_restarts"] = kmeans_restarts;
   // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
@@ -249,6 +253,7 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.population_steps = j.value("population_steps", 0);
     o.samples.max_tokens = j.at("max_tokens").get<std::int64_t>();
     o.samples.samples_per_user = j.at("samples_per_user").get<int>();
+    o.samples.max_interactions = j.value("max_interactions", std::int64_t{0});
     o.max_batch_tokens = j.at("max_batch_tokens").get<std::int64_t>();
     o.max_batch_rows = j.at("max_batch_rows").get<std::int64_t>();
     o.max_eval_users = j.at("max_eval_users").get<std::int64_t>();
@@ -1462,10 +1467,13 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
     result.codes = codes.cpu().unsqueeze(2);
     return result;
   }
-  const double lambda = o.mode == EmMode::joint ? 0.0 : lambda_for_round(o_fit, o_fit.rounds - 1);
   ProgressBar progress("profile infer", static_cast<std::uint64_t>(o.rounds) * static_cast<std::uint64_t>(U), "users");
   if (!options.show_progress) progress.disable();
   for (int round = 0; round < o.rounds; ++round) {
+    // The prior anneals as in the fit: with its final weight from the start, every new user, starting from the
+    // mean profile, is held at the codeword nearest the mean before its own evidence can move it (on MovieLens all
+    // 67 cold users took one code; docs/RESULTS.md).
+    const double lambda = o.mode == EmMode::joint ? 0.0 : lambda_for_round(o, round);
     auto r = engine.user_samples(static_cast<std::uint64_t>(round));
     for (const auto& batch : r.batches) {
       std::vector<const ProfileSample*> members;

@@ -62,6 +62,8 @@ SampleBuilder::SampleBuilder(const data::Dataset& dataset, const data::SplitView
                options_.max_tokens);
   USERIP_CHECK(options_.samples_per_user >= 1, "profile samples: samples per user must be at least 1, got {}",
                options_.samples_per_user);
+  USERIP_CHECK(options_.max_interactions >= 0, "profile samples: interactions per sample must be >= 0, got {}",
+               options_.max_interactions);
   USERIP_CHECK(tmpl.total_soft_tokens() <= 32767, "profile samples: too many soft tokens ({})",
                tmpl.total_soft_tokens());
   bos_ = tokenizer.specials().bos;
@@ -115,7 +117,7 @@ SampleBuilder::SampleBuilder(const data::Dataset& dataset, const data::SplitView
       for (std::size_t s = begin; s < end; ++s) {
         auto used = static_cast<std::int64_t>(first_tokens_[s].size());
         std::size_t j = s + 1;
-        while (j < end && used < budget) {
+        while (j < end && used < budget && !window_full(j - s)) {
           const auto next = static_cast<std::int64_t>((bare_join_ ? first_tokens_[j] : next_tokens_[j]).size());
           if (used + next > budget) break;
           used += next;
@@ -262,7 +264,7 @@ std::vector<ProfileSample> SampleBuilder::evaluation_samples(std::uint32_t user,
     std::vector<std::size_t> rows{view.row(begin + k)};
     auto used = static_cast<std::int64_t>(first[k].size());
     std::size_t j = k + 1;
-    while (j < end - begin && used + static_cast<std::int64_t>(next_of(j).size()) <= budget) {
+    while (j < end - begin && !window_full(j - k) && used + static_cast<std::int64_t>(next_of(j).size()) <= budget) {
       used += static_cast<std::int64_t>(next_of(j).size());
       sentences.push_back(&next_of(j));
       rows.push_back(view.row(begin + j));

@@ -494,6 +494,11 @@ ProfileTemplate default_template(const data::Dataset& dataset) {
   const text::DefaultText text = text::default_text(dataset);
   nlohmann::json attributes = nlohmann::json::array();
   std::string roles;
+  // The probe starts a behaviour sentence after the codeword, so the LM's continuation is the verdict and the
+  // kind of item it expects from a user with that code.
+  const std::string& behaviour = text.corpus.behaviour_phrase;
+  std::string opening = behaviour.substr(0, behaviour.find('{'));
+  while (!opening.empty() && opening.back() == ' ') opening.pop_back();
   for (const auto& a : text.attributes) {
     // The soft tokens take the summary's place after the same words, and start from the population's summary,
     // where the LM reads that kind of fact.
@@ -501,7 +506,7 @@ ProfileTemplate default_template(const data::Dataset& dataset) {
                           {"evidence", a.evidence},
                           {"soft_tokens", 4},
                           {"init", a.typical + "."},
-                          {"probe", a.evidence + " <soft>. In short,"}});
+                          {"probe", a.evidence + " <soft>." + (opening.empty() ? "" : " " + opening)}});
     roles += (roles.empty() ? "" : "; ") + a.name + " in place of \"" + a.summary + "\"";
   }
   const nlohmann::json spec = {

@@ -225,9 +225,12 @@ DefaultText default_text(const data::Dataset& dataset) {
   if (!numbers.empty()) item += " (" + numbers + ")";
   options.item_phrase = kinds.empty() ? item : item + ": " + kinds;
 
-  // A behaviour sentence names the kind of item before its name: a name stands for one item, and so for its fixed
-  // kind, so after the name the kind tells the LM nothing about the user and a profile could not be read from it.
-  std::string chose = "Chose ";
+  // A behaviour sentence gives the user's verdict first and the kind of item before its name. The verdict first:
+  // right after the user summary, before the item is named, it can be predicted from the user alone, so the LM
+  // learns to read the summary for it (after the title, the item's own average explains most of a rating, and a
+  // small LM never learnt to look back to the summary: docs/RESULTS.md). The kind before the name: a name stands
+  // for one item, and so for its fixed kind, so after the name the kind tells the LM nothing about the user.
+  std::string chose = dataset.label_kind == data::LabelKind::rating ? "Rated {rating}; chose " : "Verdict: {label}; chose ";
   if (roles.background.empty()) {
     chose += "an item";
   } else {
@@ -238,8 +241,7 @@ DefaultText default_text(const data::Dataset& dataset) {
   if (roles.taste) chose += " in " + placeholder(*roles.taste);
   chose += ": " + (roles.name ? placeholder(*roles.name) : std::string("item {item}"));
   if (!numbers.empty()) chose += ", " + numbers;
-  options.behaviour_phrase =
-      chose + (dataset.label_kind == data::LabelKind::rating ? "; rated {rating}." : "; {label}.");
+  options.behaviour_phrase = chose + ".";
 
   // The user summary: the evidence the LM must learn to read, in words and never in numbers, so that a profile
   // fitted in its place has to carry what the numbers would have said.

@@ -142,8 +142,20 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   auto e = evaluate_profiles(g_world->inputs(), cold, options, history, test);
   EXPECT_GT(e.tokens, 0);
   EXPECT_TRUE(std::isfinite(e.own));
+  // Folded in from their own training histories, the fitted users mostly get their fitted codes back: fold-in
+  // anneals the prior as the fit did, instead of holding every new user at the codeword nearest the mean profile.
+  const auto training = g_world->dataset.training_view();
+  auto again = infer_profiles(g_world->inputs(), fit.profiles, options, training, fit.profiles.users, io);
+  for (std::int64_t a = 0; a < again.codes.size(1); ++a) {
+    const auto fitted_codes = fit.profiles.codes.select(1, a).reshape({-1});
+    const auto refolded = again.codes.select(1, a).reshape({-1});
+    const double agreement = (fitted_codes == refolded).to(torch::kDouble).mean().item<double>();
+    const double commonest = torch::bincount(fitted_codes).max().item<double>() /
+                             static_cast<double>(fitted_codes.numel());
+    EXPECT_GT(agreement, commonest) << "attribute " << a;
+  }
   // A user with no history cannot be folded in.
-  auto train_user = g_world->dataset.training_view().users().front();
+  auto train_user = training.users().front();
   testing::expect_error([&] { infer_profiles(g_world->inputs(), fit.profiles, options, history, {train_user}, io); },
                         {"no history"});
 }

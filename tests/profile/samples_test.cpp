@@ -236,6 +236,33 @@ TEST(ProfileSamples, WindowsFitTheBudgetAndCannotGrow) {
   }
 }
 
+TEST(ProfileSamples, InteractionsPerSampleCapEveryWindowAndEvaluationSample) {
+  const auto d = movielens_like();
+  const auto history = d.training_view();
+  const auto held_out = d.view({data::SplitPart::valid, data::SplitPart::test});
+  const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
+  const auto& tok = llama_tokenizer();
+  for (std::int64_t cap : {1, 2}) {
+    auto o = options(100000, 50);
+    o.max_interactions = cap;
+    SampleBuilder builder(d, history, t, tok, o);
+    const auto rows = rows_of(history, 2);  // 10 training rows
+    // One window per start; each as long as the cap allows, shorter only at the end of the history.
+    const auto samples = builder.training_samples(2, 0);
+    EXPECT_EQ(samples.size(), cap == 1 ? rows.size() : rows.size() - 1);
+    for (const auto& s : samples) EXPECT_EQ(s.rows.size(), static_cast<std::size_t>(cap));
+    std::vector<std::size_t> covered;
+    for (const auto& s : builder.evaluation_samples(2, held_out)) {
+      EXPECT_LE(s.rows.size(), static_cast<std::size_t>(cap));
+      covered.insert(covered.end(), s.rows.begin(), s.rows.end());
+    }
+    EXPECT_EQ(covered, rows_of(held_out, 2));
+  }
+  auto bad = options(100000);
+  bad.max_interactions = -1;
+  testing::expect_error([&] { SampleBuilder(d, history, t, tok, bad); }, {"interactions per sample"});
+}
+
 TEST(ProfileSamples, DeterministicPerSeedRoundAndUser) {
   const auto d = movielens_like();
   const auto history = d.training_view();

@@ -3,7 +3,7 @@
 // world's training text by the disabled test below), a profile fit with refinement, and the NMI of
 // the codes with the latent classes.
 //
-// The full-size run reads `Chose a {price} item in {categories}: {title}, {year}; rated {rating}.`
+// The full-size run reads `Rated {rating}; chose a {price} item in {categories}: {title}, {year}.`
 // through a 0.33 M-parameter LM pretrained for minutes. An LM small and quick enough for a fixture
 // learns to read the user summary only from shorter text, so this world's behaviour text keeps only
 // the kind of item, the part that depends on the user, and its users' choices are less noisy.

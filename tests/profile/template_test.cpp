@@ -80,12 +80,14 @@ TEST(ProfileTemplate, DefaultTemplatePutsSoftTokensWhereTheCorpusSummaryStands) 
   for (const auto& a : t.attributes()) EXPECT_NE(corpus.user_phrase.find(a.evidence + " {user."), std::string::npos) << a.evidence;
   // The LM is pretrained on the corpus's behaviour phrase: the template must score the same text.
   EXPECT_EQ(t.behaviour(), corpus.behaviour_phrase);
-  EXPECT_EQ(t.render_behaviour(dataset, 0), "Chose an item in Adventure, Animation, Children: Toy Story, 1995; rated 5.");
+  EXPECT_EQ(t.render_behaviour(dataset, 0), "Rated 5; chose an item in Adventure, Animation, Children: Toy Story, 1995.");
   // No answer in plain text: the evidence says nothing of the user, whatever the user did.
   UserAggregates some_user;
   some_user.count = 7;
   some_user.mean_rating = 4.5;
   for (std::size_t a = 0; a < 2; ++a) EXPECT_EQ(t.render_evidence(a, dataset, some_user), t.attributes()[a].evidence);
+  // The probe opens a behaviour sentence, so the LM's continuation is the verdict it expects.
+  EXPECT_EQ(t.attributes()[1].probe, "About this user: <soft>. Rated");
   // The soft tokens start from the population's summary: the most common genres, a moderate user.
   EXPECT_EQ(t.attributes()[0].init, "Adventure, Animation.");
   EXPECT_EQ(t.attributes()[1].init, "moderate.");
@@ -104,7 +106,7 @@ TEST(ProfileTemplate, DefaultTemplateFollowsTheFieldsNotTheirNames) {
   for (auto& f : other.item_fields) f.name = "f_" + f.name + "_x";
   const auto a = default_template(dataset), b = default_template(other);
   ASSERT_EQ(a.attributes().size(), b.attributes().size());
-  EXPECT_EQ(b.behaviour(), "Chose a {f_price_x} item in {f_categories_x}: {f_title_x}, {f_year_x}; rated {rating}.");
+  EXPECT_EQ(b.behaviour(), "Rated {rating}; chose a {f_price_x} item in {f_categories_x}: {f_title_x}, {f_year_x}.");
   for (std::size_t k = 0; k < a.attributes().size(); ++k) {
     EXPECT_EQ(a.attributes()[k].evidence, b.attributes()[k].evidence);
     EXPECT_EQ(a.attributes()[k].init, b.attributes()[k].init);
@@ -128,7 +130,7 @@ TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
   EXPECT_FALSE(t.one_interaction_per_sample());
   EXPECT_EQ(t.behaviour(), text::default_corpus_options(dataset).behaviour_phrase);
   EXPECT_EQ(t.behaviour(),
-            "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.");
+            "Rated {rating}; chose a {price} item in {categories}: {title}, {year}.");
   EXPECT_EQ(t.attributes()[0].init, "Comedy, Crime.");
   EXPECT_EQ(t.attributes()[1].init, "standard, moderate.");
   // The init text travels with a fit's record (the template JSON), and a template without one records none.

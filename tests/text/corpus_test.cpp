@@ -160,7 +160,7 @@ TEST(Corpus, DefaultTextOfASyntheticWorldNamesItsFieldsByRole) {
   EXPECT_EQ(roles.background, std::vector<std::size_t>{2});
   EXPECT_EQ(roles.numbers, std::vector<std::size_t>{3});
   const auto text = default_text(d);
-  EXPECT_EQ(text.corpus.behaviour_phrase, "Chose a {price} item in {categories}: {title}, {year}; rated {rating}.");
+  EXPECT_EQ(text.corpus.behaviour_phrase, "Rated {rating}; chose a {price} item in {categories}: {title}, {year}.");
   EXPECT_EQ(text.corpus.item_phrase, "{title} ({year}): {categories}; {price}");
   EXPECT_EQ(text.corpus.user_phrase,
             "The user's taste in products: {user.top2.categories}. About this user: {user.top.price}, "
@@ -188,7 +188,7 @@ TEST(Corpus, DefaultTextWithoutCategoriesOrTitlesStillDescribesTheUser) {
   data::Dataset d = two_users();
   d.item_fields = {{"code", data::FieldKind::number, {"1", "2", "3", "4"}}};
   const auto text = default_text(d);
-  EXPECT_EQ(text.corpus.behaviour_phrase, "Chose an item: item {item}, {code}; rated {rating}.");
+  EXPECT_EQ(text.corpus.behaviour_phrase, "Rated {rating}; chose an item: item {item}, {code}.");
   ASSERT_EQ(text.attributes.size(), 1u);  // no category field: no taste attribute
   EXPECT_EQ(text.corpus.user_phrase, "About this user: {user.rating_style}.");
   EXPECT_EQ(build_corpus(d, text.corpus).behaviour_lines, 6u);

@@ -9,6 +9,7 @@
 #include "model_options.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/model_tokenizer.h"
+#include "userip/lm/pretrain.h"
 #include "userip/profile/explain.h"
 #include "userip/profile/fit.h"
 #include "userip/profile/recovery.h"
@@ -59,7 +60,31 @@ struct FitCommand {
   std::vector<std::string> attribute_codes;
   int soft_tokens = 0;
   bool no_bank = false;
+  std::int64_t interactions_per_sample = -1;  // -1: follow the LM's pretraining documents
+  int samples_per_user = 0;                   // 0: about kInteractionsPerRound interactions a round
 };
+
+// Interactions of each user that an E-step sees per round by default, when samples hold a few each.
+constexpr std::int64_t kInteractionsPerRound = 8;
+
+// The sample shape the LM reads its prompt in: the default LM was pretrained on documents of a few behaviour
+// sentences after a user summary, and takes a later sentence of a longer sample as a new document without one.
+void choose_sample_shape(const FitCommand& c, profile::SampleOptions& samples) {
+  if (c.interactions_per_sample >= 0) {
+    samples.max_interactions = c.interactions_per_sample;
+  } else {
+    const auto per_document = lm::pretrained_sentences_per_document(c.model.model);
+    samples.max_interactions = per_document ? static_cast<std::int64_t>(*per_document) : 0;
+  }
+  if (c.samples_per_user > 0) {
+    samples.samples_per_user = c.samples_per_user;
+  } else {
+    samples.samples_per_user = samples.max_interactions > 0
+                                   ? static_cast<int>((kInteractionsPerRound + samples.max_interactions - 1) /
+                                                      samples.max_interactions)
+                                   : 1;
+  }
+}
 
 void print_comparison(const profile::NllComparison& c) {
   std::cout << fmt::format("validation NLL per token ({} users, {} tokens): own profile {:.4f}", c.users, c.tokens, c.own);
@@ -168,7 +193,14 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();
     cmd->add_option("--max-tokens", o.samples.max_tokens, "Tokens per sample (prompt + behaviour), at most the LM's context")->capture_default_str();
-    cmd->add_option("--samples-per-user", o.samples.samples_per_user, "Packed history samples drawn per user and round (joint mode: history windows)")->capture_default_str();
+    cmd->add_option("--samples-per-user", c->samples_per_user,
+                    "History samples drawn per user and round (joint mode: history windows); default: enough for "
+                    "about 8 interactions when samples hold a few, else 1")
+        ->check(CLI::Range(1, 1000));
+    cmd->add_option("--interactions-per-sample", c->interactions_per_sample,
+                    "Interactions per sample at most, 0 = as many as --max-tokens allows; default: the behaviour "
+                    "sentences per document the LM was pretrained on (pretrain.json of `lm pretrain`), else 0")
+        ->check(CLI::Range(0, 100000));
     cmd->add_option("--batch-tokens", o.max_batch_tokens, "Tokens per batch, padding included")->capture_default_str();
     cmd->add_option("--eval-users", o.max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
         ->capture_default_str();
@@ -184,6 +216,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       o.attention = profile::attention_structure_from_string(c->attention);
       o.ablation = profile::profile_ablation_from_string(c->ablation);
       o.samples.seed = o.seed;
+      choose_sample_shape(*c, o.samples);
       for (const auto& spec : c->attribute_codes) {
         auto eq = spec.find('=');
         USERIP_CHECK(eq != std::string::npos && eq > 0, "--attribute-codes '{}': expected NAME=K", spec);

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,11 @@ struct PretrainResult {
 // and a rerun after completion returns the finished model without training.
 PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& options,
                            const std::filesystem::path& out);
+
+// Behaviour sentences per document of the corpus that the model at `model` (a directory written by
+// pretrain_lm) was pretrained on; nullopt for any other model (a user's checkpoint, a GGUF file),
+// or when its pretrain.json does not say. Throws userip::Error naming the file when it is malformed.
+std::optional<std::size_t> pretrained_sentences_per_document(const std::filesystem::path& model);
 
 // Fingerprint of a corpus and the options that shape the result (not the progress settings).
 std::string pretrain_fingerprint(const text::Corpus& corpus, const PretrainOptions& options);

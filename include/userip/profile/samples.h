@@ -28,6 +28,11 @@ std::string to_string(AttentionStructure structure);
 struct SampleOptions {
   std::int64_t max_tokens = 192;  // per sample, prompt + bos + behaviour + eos
   int samples_per_user = 1;       // per round (each a different chronological window when possible)
+  // Interactions per sample at most; 0 = as many as max_tokens allows. An LM pretrained on documents
+  // of one behaviour sentence each reads the prompt for the first sentence of a sample only, and
+  // takes every later one as a new document without a summary (docs/RESULTS.md), so its samples
+  // should hold one interaction each, as its documents did.
+  std::int64_t max_interactions = 0;
   std::uint64_t seed = 42;
 };
 
@@ -99,6 +104,10 @@ class SampleBuilder {
   Prompt build_prompt(std::uint32_t user, std::optional<std::uint32_t> item) const;
   std::vector<std::int32_t> encode_sentence(const std::string& sentence, bool first) const;
   std::int64_t behaviour_budget(std::int64_t prompt_length, std::uint32_t user) const;
+  // True when a window of `size` interactions may take no more (SampleOptions::max_interactions).
+  bool window_full(std::size_t size) const {
+    return options_.max_interactions > 0 && size >= static_cast<std::size_t>(options_.max_interactions);
+  }
   // Sequence from a prompt and the behaviour sentences (token lists, first one in first-form).
   ProfileSample assemble(std::uint32_t user, const Prompt& prompt,
                          const std::vector<const std::vector<std::int32_t>*>& sentences,
