@@ -3,9 +3,9 @@
 # what is missing, exports MovieLens ml-latest-small from Debian's r-cran-dslabs into the
 # project's dataset format with the default split, prints its statistics, pretrains the
 # default LM on the training split (or reuses it, or uses the checkpoint given with --model),
-# fits every training user's profile with the shipped MovieLens template, publishes the codes
-# as a SQLite feature bank, folds in the cold users, explains the codes, runs the CTR experiment
-# (DCN and DeepFM, 3 seeds, configs/ctr.json), writes the HTML report and trains the DCN with
+# fits every training user's profile with the default template made from the dataset's fields,
+# publishes the codes as a SQLite feature bank, folds in the cold users, explains the codes, runs
+# the CTR experiment (DCN and DeepFM, 5 seeds, configs/ctr.json), writes the HTML report and trains the DCN with
 # profile codes that `userip serve` serves (printing the command). Every stage reuses its
 # outputs when its inputs and options are unchanged. Outputs go to runs/movielens/ (override with
 # USERIP_RUN_DIR).
@@ -67,7 +67,7 @@ echo "== what the codes mean"
 "${userip[@]}" --log-level warn profile explain --profile "$run_dir/profiles" --json \
   > "$run_dir/profiles/explanations.jsonl"
 
-echo "== CTR experiment: base, UserIP codes, UserIP dense profiles and two no-LM controls (unchanged runs are reused)"
+echo "== CTR experiment: base, UserIP codes, UserIP dense profiles and three no-LM controls (unchanged runs are reused)"
 mkdir -p "$run_dir/experiment"
 "${userip[@]}" experiment --dataset "$dataset" --config "$here/configs/ctr.json" \
   --bank "$run_dir/bank.sqlite" --bank "$run_dir/bank-cold.sqlite" \

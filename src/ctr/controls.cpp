@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 #include "userip/profile/clustering.h"
 #include "userip/util/error.h"
@@ -35,14 +36,14 @@ UserCodeTable cluster_users(const data::Dataset& dataset, const torch::Tensor& w
 }
 
 // The category field of a control: the one asked for, else the dataset's first category_list field, else its first
-// category field.
-std::string category_field(const data::Dataset& dataset, const std::string& field, const char* control) {
+// category field; nullopt when there is none.
+std::optional<std::string> category_field(const data::Dataset& dataset, const std::string& field) {
   if (!field.empty()) return field;
   for (const auto& f : dataset.item_fields)
     if (f.kind == data::FieldKind::category_list) return f.name;
   for (const auto& f : dataset.item_fields)
     if (f.kind == data::FieldKind::category) return f.name;
-  fail("{}: the dataset has no category or category_list item field", control);
+  return std::nullopt;
 }
 
 // Positive share, mean rating (rating data) and log activity of each user's rows in `view`: [users, 2 or 3].
@@ -70,7 +71,9 @@ torch::Tensor history_statistics(const data::SplitView& view, const std::vector<
 
 UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
                                       std::uint64_t seed) {
-  const std::string chosen = category_field(dataset, field, "control-genres");
+  const auto found = category_field(dataset, field);
+  USERIP_CHECK(found, "control-genres: the dataset has no category or category_list item field");
+  const std::string chosen = *found;
   const data::SplitView train = dataset.training_view();
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
   const auto warm_users = train.users();
@@ -84,23 +87,31 @@ UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::s
 
 UserCodeTable history_control_codes(const data::Dataset& dataset, const std::string& field, std::int64_t codes,
                                     std::uint64_t seed) {
-  const std::string chosen = category_field(dataset, field, "control-history");
+  // Without a category field, the statistics alone.
+  const auto chosen = category_field(dataset, field);
   const data::SplitView train = dataset.training_view();
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
   const auto warm_users = train.users();
   const auto cold_users = cold.users();
   USERIP_CHECK(!warm_users.empty(), "control-history: the training split has no users");
   const bool ratings = dataset.label_kind == data::LabelKind::rating;
-  const auto warm_hist = profile::category_histograms(train, warm_users, chosen);
-  const auto cold_hist = profile::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
+  profile::UserHistograms warm_hist, cold_hist;
+  if (chosen) {
+    warm_hist = profile::category_histograms(train, warm_users, *chosen);
+    cold_hist = profile::category_histograms_with_columns(cold, cold_users, *chosen, warm_hist.columns);
+  } else {
+    warm_hist.matrix = torch::zeros({static_cast<std::int64_t>(warm_users.size()), 0});
+    cold_hist.matrix = torch::zeros({static_cast<std::int64_t>(cold_users.size()), 0});
+  }
 
   // Scales come from the warm users alone, and apply to the cold users unchanged.
   const torch::Tensor warm_stats = history_statistics(train, warm_users, ratings);
   const torch::Tensor mean = warm_stats.mean(0, true);
   const torch::Tensor std = warm_stats.std(0, /*unbiased=*/false, /*keepdim=*/true).clamp_min(1e-6);
   const torch::Tensor hist_mean = warm_hist.matrix.mean(0, true);
-  const double hist_scale =
-      std::sqrt(std::max((warm_hist.matrix - hist_mean).pow(2).sum(1).mean().item<double>(), 1e-12));
+  const double hist_scale = warm_hist.matrix.size(1) == 0
+                                ? 1.0
+                                : std::sqrt(std::max((warm_hist.matrix - hist_mean).pow(2).sum(1).mean().item<double>(), 1e-12));
   auto describe = [&](const torch::Tensor& stats, const torch::Tensor& hist) {
     return torch::cat({(stats - mean) / std, (hist - hist_mean) / hist_scale}, 1);
   };

@@ -112,6 +112,9 @@ class ItemFieldCollector {
   std::vector<std::string> item_name_;
 };
 
+// Distinct categories a list field may hold before it is taken for free text.
+constexpr std::size_t kMaxListValues = 100000;
+
 FieldKind infer_kind(const std::string& name, const std::vector<std::string>& values, const ImportOptions& options) {
   if (auto forced = options.field_kinds.find(name); forced != options.field_kinds.end()) return forced->second;
   for (const auto& list_field : options.list_fields) {
@@ -129,13 +132,14 @@ FieldKind infer_kind(const std::string& name, const std::vector<std::string>& va
     if (v.find(options.list_separator) != std::string::npos) ++with_separator;
     for (auto& part : split_list(v, options.list_separator)) {
       ++parts;
-      if (distinct_parts.size() <= 1000) distinct_parts.insert(std::move(part));
+      if (distinct_parts.size() <= kMaxListValues) distinct_parts.insert(std::move(part));
     }
   }
   if (present > 0 && numeric) return FieldKind::number;
   // Values such as "Action|Comedy": a list of categories, whatever the column is called. Titles that happen to hold
-  // the separator are rare among their values, and their parts do not repeat.
-  if (with_separator * 20 >= present && with_separator > 0 && distinct_parts.size() <= 1000 &&
+  // the separator are rare among their values, and their parts do not recur. (With `,` as the separator, titles
+  // such as "Heat, The" can pass for a list: --field-kind NAME=text says otherwise.)
+  if (with_separator * 20 >= present && with_separator > 0 && distinct_parts.size() <= kMaxListValues &&
       distinct_parts.size() < parts)
     return FieldKind::category_list;
   // Few distinct values that repeat: a categorical attribute (brand, price level), not free text.

@@ -414,7 +414,7 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
   return result;
 }
 
-std::optional<std::size_t> pretrained_sentences_per_document(const fs::path& model) {
+std::optional<nlohmann::json> pretrained_corpus(const fs::path& model) {
   const fs::path record = model / "pretrain.json";
   std::error_code error;
   if (!fs::is_directory(model, error) || !fs::is_regular_file(record, error)) return std::nullopt;
@@ -425,11 +425,19 @@ std::optional<std::size_t> pretrained_sentences_per_document(const fs::path& mod
     fail("{}: malformed JSON: {}", record.string(), e.what());
   }
   const auto corpus = j.find("corpus");
-  if (corpus == j.end() || !corpus->is_object()) return std::nullopt;
+  if (corpus == j.end()) return std::nullopt;
+  USERIP_CHECK(corpus->is_object(), "{}: \"corpus\" must be an object, not {}", record.string(), corpus->dump());
+  return *corpus;
+}
+
+std::optional<std::size_t> pretrained_sentences_per_document(const fs::path& model) {
+  const auto corpus = pretrained_corpus(model);
+  if (!corpus) return std::nullopt;
   const auto sentences = corpus->find("sentences_per_document");
   if (sentences == corpus->end()) return std::nullopt;
   USERIP_CHECK(sentences->is_number_unsigned() && sentences->get<std::size_t>() >= 1,
-               "{}: corpus.sentences_per_document must be a positive integer, not {}", record.string(), sentences->dump());
+               "{}: corpus.sentences_per_document must be a positive integer, not {}",
+               (model / "pretrain.json").string(), sentences->dump());
   return sentences->get<std::size_t>();
 }
 

@@ -57,11 +57,10 @@ struct ItemUsers {
   }
 };
 
-// The item's name: the text field with the most distinct values, as the default text names items, else its id.
-std::string item_name(const data::Dataset& dataset, std::uint32_t item) {
-  const auto roles = text::field_roles(dataset);
-  if (roles.name) {
-    const auto& value = dataset.item_fields[*roles.name].values[item];
+// The item's name as the default text names it (text::field_roles), else its id.
+std::string item_name(const data::Dataset& dataset, const std::optional<std::size_t>& name_field, std::uint32_t item) {
+  if (name_field) {
+    const auto& value = dataset.item_fields[*name_field].values[item];
     if (!value.empty()) return value;
   }
   return dataset.item_ids[item];
@@ -70,6 +69,7 @@ std::string item_name(const data::Dataset& dataset, std::uint32_t item) {
 std::vector<TypicalItem> typical_items(const data::Dataset& dataset, const data::SplitView& history,
                                        const std::vector<std::uint32_t>& users, const ItemUsers& population,
                                        std::size_t top) {
+  const auto name_field = text::field_roles(dataset).name;
   ItemUsers members;
   for (auto u : users) members.add_user(history, u);
   std::vector<std::pair<double, std::uint32_t>> ranked;  // (-lift, item)
@@ -82,7 +82,7 @@ std::vector<TypicalItem> typical_items(const data::Dataset& dataset, const data:
   std::vector<TypicalItem> out;
   for (std::size_t k = 0; k < top && k < ranked.size(); ++k) {
     const auto item = ranked[k].second;
-    out.push_back({item_name(dataset, item), members.per_item.at(item) / members.users, -ranked[k].first});
+    out.push_back({item_name(dataset, name_field, item), members.per_item.at(item) / members.users, -ranked[k].first});
   }
   return out;
 }

@@ -468,28 +468,6 @@ ProbeText ProfileTemplate::render_probe(std::size_t attribute, const data::Datas
           render_pieces(probe_after_[attribute], dataset, aggregates, item, attribute, "probe")};
 }
 
-namespace {
-
-std::filesystem::path source_dir() {
-#ifdef USERIP_SOURCE_DIR
-  return std::filesystem::path(USERIP_SOURCE_DIR);
-#else
-  // This file is <source>/src/profile/template.cpp; CMake compiles it by absolute path.
-  return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
-#endif
-}
-
-}  // namespace
-
-std::vector<std::filesystem::path> template_search_dirs() {
-  std::vector<std::filesystem::path> dirs;
-  std::error_code error;
-  const auto exe = std::filesystem::read_symlink("/proc/self/exe", error);
-  if (!error) dirs.push_back(exe.parent_path().parent_path() / "share" / "userip" / "templates");
-  dirs.push_back(source_dir() / "templates");
-  return dirs;
-}
-
 ProfileTemplate default_template(const data::Dataset& dataset) {
   const text::DefaultText text = text::default_text(dataset);
   nlohmann::json attributes = nlohmann::json::array();

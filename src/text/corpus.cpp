@@ -107,9 +107,11 @@ class UserSummary {
   std::string rating_style(std::uint32_t user) const {
     static const char* const kStyles[] = {"very critical", "critical", "moderate", "generous", "very generous"};
     const double rate = like_rate(user);
-    std::size_t level = 0;
-    for (double cut : like_rate_quintiles_) level += rate > cut ? 1 : 0;
-    return kStyles[like_rate_quintiles_.empty() ? 2 : level];
+    // A rate equal to several cuts (many users alike: positive-only data, a fixed click ratio) takes the middle of
+    // the levels they bound, not the lowest.
+    std::size_t above = 0, at_or_above = 0;
+    for (double cut : like_rate_quintiles_) above += rate > cut ? 1 : 0, at_or_above += rate >= cut ? 1 : 0;
+    return kStyles[like_rate_quintiles_.empty() ? 2 : (above + at_or_above) / 2];
   }
 
   double mean_rating(std::uint32_t user) const {
@@ -163,6 +165,17 @@ std::map<std::string, std::size_t> value_counts(const data::ItemField& field) {
   return counts;
 }
 
+// A field the phrases can name: not a reserved placeholder of the interaction, no braces.
+bool speakable(const data::ItemField& f) {
+  return f.name != "rating" && f.name != "label" && f.name != "item" && f.name.find_first_of("{}") == std::string::npos;
+}
+
+double mean_length(const data::ItemField& f) {
+  double total = 0;
+  for (const auto& v : f.values) total += static_cast<double>(v.size());
+  return f.values.empty() ? 0 : total / static_cast<double>(f.values.size());
+}
+
 bool is_category(const data::ItemField& f) {
   return f.kind == data::FieldKind::category || f.kind == data::FieldKind::category_list;
 }
@@ -196,11 +209,24 @@ FieldRoles field_roles(const data::Dataset& dataset) {
   auto more_distinct = [&](std::optional<std::size_t> best, std::size_t f) { return !best || distinct[f] > distinct[*best]; };
   for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
     const auto& field = dataset.item_fields[f];
+    if (!speakable(field)) continue;
     if (field.kind == data::FieldKind::text && distinct[f] >= 2 && more_distinct(roles.name, f)) roles.name = f;
     if (is_category(field) && distinct[f] >= 3 && more_distinct(roles.taste, f)) roles.taste = f;
   }
+  // Of text fields nearly as distinct as the most distinct one, the shortest names an item (a title, not a
+  // description).
+  if (roles.name) {
+    const std::size_t best = distinct[*roles.name];
+    for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
+      const auto& field = dataset.item_fields[f];
+      if (speakable(field) && field.kind == data::FieldKind::text && distinct[f] * 10 >= best * 9 &&
+          mean_length(field) < mean_length(dataset.item_fields[*roles.name]))
+        roles.name = f;
+    }
+  }
   for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
     const auto& field = dataset.item_fields[f];
+    if (!speakable(field)) continue;
     if (is_category(field) && f != roles.taste && distinct[f] >= 2 && distinct[f] <= 32) roles.background.push_back(f);
     if (field.kind == data::FieldKind::number && distinct[f] >= 2 && roles.numbers.size() < 2) roles.numbers.push_back(f);
   }

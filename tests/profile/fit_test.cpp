@@ -17,6 +17,8 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <map>
+#include <set>
 #include <unistd.h>
 
 #include <algorithm>
@@ -395,12 +397,24 @@ TEST_F(ProfileFit, ExplanationsCoverEveryCodeAndItsMembers) {
   auto codes = explain_codes(g_world->inputs(), fit.profiles, train, eo);
   ASSERT_EQ(codes.size(), 4u + 3u);
   std::int64_t taste_members = 0;
+  std::map<std::string, std::set<std::string>> continuations, notes;
   for (const auto& c : codes) {
     if (c.attribute == "taste") taste_members += c.members.users;
-    if (c.members.users > 0) {
-      EXPECT_FALSE(c.continuation.empty());
-      EXPECT_FALSE(c.members.top_categories.empty());
+    // Either the code's own continuation, or a note quoting the one every code of the attribute shares.
+    EXPECT_NE(c.continuation.empty(), c.continuation_note.empty()) << c.to_json().dump();
+    if (!c.continuation.empty()) continuations[c.attribute].insert(c.continuation);
+    if (!c.continuation_note.empty()) notes[c.attribute].insert(c.continuation_note);
+    if (c.members.users > 0) EXPECT_FALSE(c.members.top_categories.empty());
+    for (const auto& item : c.members.typical_items) {
+      EXPECT_FALSE(item.name.empty());
+      EXPECT_GE(item.share, 0.1);
+      EXPECT_GT(item.lift, 0);
     }
+  }
+  for (const auto& [attribute, texts] : continuations) EXPECT_GT(texts.size(), 1u) << attribute;  // they differ
+  for (const auto& [attribute, texts] : notes) {
+    EXPECT_EQ(texts.size(), 1u) << attribute;
+    EXPECT_EQ(continuations.count(attribute), 0u) << attribute;  // never a mix
   }
   EXPECT_EQ(taste_members, static_cast<std::int64_t>(fit.profiles.users.size()));
   auto user = explain_user(g_world->inputs(), fit.profiles, train, fit.profiles.user_ids.front(), eo);

@@ -53,13 +53,13 @@ TEST(Corpus, UserSummariesComeFromTrainingRowsOnly) {
   // b: Drama 1/3 (1), Horror 1/3 (2), Action 1/3 (2/3), Comedy 1/3 (1): Horror, Comedy; mean 7/3,
   //    positive share 0. b's validation row (i2, rated 5) must not count.
   // Styles are quintiles of the positive shares (0, 2/3): every cut is 0, so a is above all four
-  // (very generous) and b above none (very critical).
+  // (very generous) and b sits on all four, the middle of the levels they bound (moderate).
   auto corpus = build_corpus(two_users(), summary_options(
                                               "{user.top2.genres} / {user.top.genres} / {user.rating_style} / "
                                               "{user.count} / {user.mean_rating}:"));
   ASSERT_EQ(corpus.train.size(), 2u);
   EXPECT_EQ(corpus.train[0], "Action, Comedy / Action / very generous / 3 / 4.0: i0. i2. i1.");
-  EXPECT_EQ(corpus.train[1], "Horror, Comedy / Horror / very critical / 3 / 2.3: i1. i3. i0.");
+  EXPECT_EQ(corpus.train[1], "Horror, Comedy / Horror / moderate / 3 / 2.3: i1. i3. i0.");
 }
 
 TEST(Corpus, DocumentsHoldAtMostTheGivenNumberOfSentences) {

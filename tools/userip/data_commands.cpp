@@ -118,7 +118,7 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
                     "Item fields repeated on every interaction row (denormalised logs)")
         ->delimiter(',');
     cmd->add_option("--list-fields", o->list_fields, "Fields holding category lists separated by --list-separator (others are read as lists when "
-                    "at least 5% of their values hold the separator and some part repeats)")
+                    "at least 5% of their values hold the separator and some part recurs)")
         ->delimiter(',');
     cmd->add_option("--list-separator", *separator, "Separator inside list fields")->capture_default_str();
     cmd->add_option("--field-kind", *kinds, "Force a field's kind: NAME=text|category|category_list|number");

@@ -16,6 +16,7 @@
 #include "userip/profile/session.h"
 #include "userip/data/synth.h"
 #include "userip/store/feature_bank.h"
+#include "userip/text/corpus.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 
@@ -100,7 +101,7 @@ void write_bank_of(const profile::Profiles& profiles, const nlohmann::json& reco
     for (int r = 0; r < profiles.codebooks[a].levels(); ++r)
       contents.fields.push_back({names[f++], static_cast<std::int32_t>(profiles.codebooks[a].codes())});
   contents.codebook_fingerprint = profiles.codebook_fingerprint();
-  for (const char* key : {"seed", "model_fingerprint", "dataset", "template_path"})
+  for (const char* key : {"seed", "model_fingerprint", "dataset", "template", "template_path"})
     if (record.contains(key)) contents.extra[key] = record[key];
   contents.users = profiles.user_ids;
   auto codes = profiles.codes.reshape({profiles.codes.size(0), -1}).to(torch::kInt).contiguous();
@@ -231,6 +232,14 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       auto dataset = data::Dataset::load(c->dataset);
       std::string template_path;
       auto tmpl = load_template(c->template_file, dataset, c->soft_tokens, &template_path);
+      if (const auto corpus = lm::pretrained_corpus(c->model.model)) {
+        const std::string pretrained = corpus->value("behaviour_phrase", "");
+        if (!pretrained.empty() && pretrained != tmpl.behaviour())
+          spdlog::warn("the template's behaviour phrase \"{}\" is not the one {} was pretrained on (\"{}\"): the LM "
+                       "will score text it has not seen; re-pretrain it (`userip lm pretrain`) or pass a --template "
+                       "with its phrase",
+                       tmpl.behaviour(), c->model.model.string(), pretrained);
+      }
       for (const auto& [name, k] : o.codes_per_attribute) {
         bool known = false;
         for (const auto& a : tmpl.attributes()) known = known || a.name == name;
@@ -303,8 +312,9 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       // job's second run) reuses its output.
       std::string chosen_ids;
       for (auto u : chosen) chosen_ids += f.dataset.user_ids[u] + "\n";
-      const std::string infer_fingerprint =
-          hex64(fnv1a64(f.fit.record.value("fingerprint", "") + "|" + std::to_string(options.rounds) + "|" + chosen_ids));
+      // "annealed": fold-ins made before the prior was annealed over the rounds are not reused.
+      const std::string infer_fingerprint = hex64(fnv1a64(f.fit.record.value("fingerprint", "") + "|" +
+                                                          std::to_string(options.rounds) + "|annealed|" + chosen_ids));
       if (std::filesystem::exists(*out / "profile.json") && (bank->empty() || std::filesystem::exists(*bank))) {
         try {
           if (nlohmann::json::parse(read_file(*out / "profile.json")).value("infer_fingerprint", "") == infer_fingerprint) {
@@ -342,15 +352,23 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     auto dir = std::make_shared<std::filesystem::path>();
     auto dataset = std::make_shared<std::filesystem::path>();
     auto model = std::make_shared<ModelOptions>();
-    auto field = std::make_shared<std::string>("categories");
+    auto field = std::make_shared<std::string>();
     auto as_json = std::make_shared<bool>(false);
     cmd->add_option("--profile", *dir, "Directory of a finished `profile fit`")->required();
     cmd->add_option("--dataset", *dataset, "Synthetic dataset directory with ground_truth.csv (default: the fit's)");
     add_model_options(cmd, *model, false);
-    cmd->add_option("--field", *field, "Category field of the control's histograms")->capture_default_str();
+    cmd->add_option("--field", *field,
+                    "Category field of the control's histograms (default: the taste field of the default text, the "
+                    "category field with the most values)");
     cmd->add_flag("--json", *as_json, "JSON instead of text");
     on_run(cmd, [dir, dataset, model, field, as_json] {
       auto f = load_fit_dir(*dir, *dataset, *model);
+      if (field->empty()) {
+        const auto roles = text::field_roles(f.dataset);
+        USERIP_CHECK(roles.taste, "profile recovery: the dataset has no category field of 3 or more values for the "
+                                  "control's histograms; name one with --field");
+        *field = f.dataset.item_fields[*roles.taste].name;
+      }
       const std::filesystem::path data_dir =
           dataset->empty() ? std::filesystem::path(f.fit.record.value("dataset", "")) : *dataset;
       auto truth = data::load_ground_truth(f.dataset, data_dir);

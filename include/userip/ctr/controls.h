@@ -26,7 +26,7 @@ UserCodeTable collaborative_control_codes(const data::Dataset& dataset, std::int
 
 // k-means codes of plain statistics of each user's history: the share of positive labels, the mean
 // rating (rating data), the activity (log of the count) and the histogram of a category field
-// (`field` as in histogram_control_codes). Each number is standardised over the warm users and the
+// (`field` as in histogram_control_codes; none when the dataset has no category field). Each number is standardised over the warm users and the
 // histogram scaled to unit total variance, so that each of the four weighs alike. Warm users are
 // described by their training rows, cold users by their cold_history (what fold-in reads), and
 // cold users take the nearest warm centroid: what simple statistics give without any LM.

@@ -36,7 +36,8 @@ struct ImportOptions {
   std::vector<std::string> list_fields;
   char list_separator = '|';
   // Kinds forced by the user (field name → kind); others are inferred from the values, never from
-  // the name: list_fields, or at least 5% of the values hold `list_separator` and some part repeats
+  // the name: list_fields, or at least 5% of the values hold `list_separator` and some part recurs
+  // (at most 100,000 distinct parts)
   // → category_list; all values numeric → number; few distinct values → category; else text.
   std::map<std::string, FieldKind> field_kinds;
 

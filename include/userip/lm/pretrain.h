@@ -78,9 +78,11 @@ struct PretrainResult {
 PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& options,
                            const std::filesystem::path& out);
 
-// Behaviour sentences per document of the corpus that the model at `model` (a directory written by
-// pretrain_lm) was pretrained on; nullopt for any other model (a user's checkpoint, a GGUF file),
-// or when its pretrain.json does not say. Throws userip::Error naming the file when it is malformed.
+// The "corpus" record (phrases, sentences per document, ...) of the model at `model` when it is a
+// directory written by pretrain_lm; nullopt for any other model (a user's checkpoint, a GGUF file).
+// Throws userip::Error naming the file when its pretrain.json is malformed.
+std::optional<nlohmann::json> pretrained_corpus(const std::filesystem::path& model);
+// Its behaviour sentences per document; nullopt where pretrained_corpus is, or when it does not say.
 std::optional<std::size_t> pretrained_sentences_per_document(const std::filesystem::path& model);
 
 // Fingerprint of a corpus and the options that shape the result (not the progress settings).

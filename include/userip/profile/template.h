@@ -104,11 +104,6 @@ class ProfileTemplate {
   std::optional<text::PhraseTemplate> behaviour_phrase_;
 };
 
-// The directories searched for the shipped templates, in order: `<exe dir>/../share/userip/templates`
-// (an installed program) and `<source dir>/templates` (a build tree; the source dir is the compile
-// definition USERIP_SOURCE_DIR when given, else derived from this library's source path).
-std::vector<std::filesystem::path> template_search_dirs();
-
 // The template a fit uses without a template file, for any dataset: the attributes of the default
 // LM's user summary (text::default_text), each with its soft tokens where the summary stood and
 // no answer in plain text, and the default corpus's behaviour phrase.

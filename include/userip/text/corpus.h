@@ -52,7 +52,8 @@ Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options);
 // statistics only, never from their names: a dataset imported with other column names gets the
 // same text.
 struct FieldRoles {
-  std::optional<std::size_t> name;      // the text field with the most distinct values (a title)
+  // Fields named rating, label or item (the interaction's own placeholders) or with braces play no role.
+  std::optional<std::size_t> name;      // the shortest text field of about the most distinct values (a title)
   std::optional<std::size_t> taste;     // the category field with the most distinct values (>= 3)
   std::vector<std::size_t> background;  // up to two other category fields with 2..32 values, fewest first
   std::vector<std::size_t> numbers;     // up to two number fields with at least 2 distinct values
