@@ -475,6 +475,8 @@ TEST_F(ProfileFit, CommandLineFitInferExplainAndBank) {
   EXPECT_NE(output.find("validation NLL per token"), std::string::npos) << output;
   EXPECT_NE(output.find("feature bank"), std::string::npos) << output;
   ASSERT_TRUE(fs::exists(out / "bank.sqlite"));
+  // The sample shape follows the LM's pretraining documents (one sentence each) unless given.
+  EXPECT_EQ(nlohmann::json::parse(read_file(out / "profile.json"))["options"]["max_interactions"], 1);
   // The bank holds what codes.csv says.
   std::ifstream csv(out / "codes.csv");
   std::string header, first;
