@@ -66,10 +66,9 @@ std::string item_name(const data::Dataset& dataset, const std::optional<std::siz
   return dataset.item_ids[item];
 }
 
-std::vector<TypicalItem> typical_items(const data::Dataset& dataset, const data::SplitView& history,
-                                       const std::vector<std::uint32_t>& users, const ItemUsers& population,
-                                       std::size_t top) {
-  const auto name_field = text::field_roles(dataset).name;
+std::vector<TypicalItem> typical_items(const data::Dataset& dataset, const std::optional<std::size_t>& name_field,
+                                       const data::SplitView& history, const std::vector<std::uint32_t>& users,
+                                       const ItemUsers& population, std::size_t top) {
   ItemUsers members;
   for (auto u : users) members.add_user(history, u);
   std::vector<std::pair<double, std::uint32_t>> ranked;  // (-lift, item)
@@ -189,6 +188,7 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
   CategoryCounts population;
   ItemUsers population_items;
   for (auto u : profiles.users) population.add_rows(history, u, field), population_items.add_user(history, u);
+  const auto name_field = text::field_roles(dataset).name;
   SampleOptions sample_options;
   SampleBuilder builder(dataset, history, *in.profile_template, *in.tokenizer, sample_options);
   const auto codes = profiles.codes.cpu();
@@ -218,7 +218,8 @@ std::vector<CodeExplanation> explain_codes(const FitInputs& in, const Profiles& 
         e.code = k;
         e.probe = probe_display(in, a);
         e.members = statistics(history, members, field, population, options.top_categories);
-        e.members.typical_items = typical_items(dataset, history, members, population_items, options.typical_items);
+        e.members.typical_items = typical_items(dataset, name_field, history, members, population_items,
+                                                options.typical_items);
         // The codeword in context: plus the most common earlier-level codewords of its members.
         auto vector = book.codewords()[static_cast<std::size_t>(level)][k].detach().cpu().clone();
         if (level > 0 && !prefixes.empty()) {

@@ -272,6 +272,18 @@ std::string projection_section(const std::vector<ProfileProjection>& projections
 
 // ---- 5. what the codes mean ----
 
+// Values with their share and lift, one per line.
+std::string shares(const std::vector<CategoryShare>& values) {
+  std::string out;
+  for (const auto& c : values) {
+    if (!out.empty()) out += "<br>";
+    out += html_escape(c.value);
+    if (c.share) out += fmt::format(" {:.0f}%", 100 * *c.share);
+    if (c.lift) out += fmt::format(" ×{:.2f}", *c.lift);
+  }
+  return out;
+}
+
 std::string explanations_section(const fs::path& file, const std::vector<CodeExplanationRow>& rows, Page& page) {
   std::vector<std::string> attributes;
   for (const auto& r : rows)
@@ -295,16 +307,6 @@ std::string explanations_section(const fs::path& file, const std::vector<CodeExp
         probes.push_back(r.probe);
       if (!r.continuation_note.empty() && std::find(notes.begin(), notes.end(), r.continuation_note) == notes.end())
         notes.push_back(r.continuation_note);
-      auto shares = [](const std::vector<CategoryShare>& values) {
-        std::string out;
-        for (const auto& c : values) {
-          if (!out.empty()) out += "<br>";
-          out += html_escape(c.value);
-          if (c.share) out += fmt::format(" {:.0f}%", 100 * *c.share);
-          if (c.lift) out += fmt::format(" ×{:.2f}", *c.lift);
-        }
-        return out;
-      };
       const Measured liked = r.like_rate ? Measured(100 * *r.like_rate) : std::nullopt;
       table += fmt::format("<tr><td class=\"num\">{}</td><td class=\"num\">{}</td>{}{}{}{}<td>{}</td><td>{}</td>"
                            "<td class=\"text mono\">{}</td></tr>\n",

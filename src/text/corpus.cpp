@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <optional>
+#include <set>
 
 #include "userip/text/item_text.h"
 #include "userip/util/error.h"
@@ -151,18 +152,18 @@ class UserSummary {
 
 namespace {
 
-// Distinct values of a field (each value of a category_list counted on its own), and how many items have one.
-std::map<std::string, std::size_t> value_counts(const data::ItemField& field) {
-  std::map<std::string, std::size_t> counts;
+// How many distinct values a field has (each value of a category_list counted on its own).
+std::size_t distinct_values(const data::ItemField& field) {
+  std::set<std::string> values;
   for (const auto& v : field.values) {
     if (v.empty()) continue;
     if (field.kind == data::FieldKind::category_list) {
-      for (const auto& part : data::list_values(v)) ++counts[part];
+      for (auto& part : data::list_values(v)) values.insert(std::move(part));
     } else {
-      ++counts[v];
+      values.insert(v);
     }
   }
-  return counts;
+  return values.size();
 }
 
 // A field the phrases can name: not a reserved placeholder of the interaction, no braces.
@@ -205,7 +206,7 @@ std::string typical_values(const data::Dataset& dataset, std::size_t field, std:
 FieldRoles field_roles(const data::Dataset& dataset) {
   FieldRoles roles;
   std::vector<std::size_t> distinct(dataset.item_fields.size());
-  for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) distinct[f] = value_counts(dataset.item_fields[f]).size();
+  for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) distinct[f] = distinct_values(dataset.item_fields[f]);
   auto more_distinct = [&](std::optional<std::size_t> best, std::size_t f) { return !best || distinct[f] > distinct[*best]; };
   for (std::size_t f = 0; f < dataset.item_fields.size(); ++f) {
     const auto& field = dataset.item_fields[f];
