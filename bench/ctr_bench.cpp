@@ -3,7 +3,10 @@
 // spends its time (docs/BENCHMARKS.md "CTR training throughput").
 //   build/bench/ctr_bench [--benchmark_filter=...]     USERIP_BENCH_THREADS=N (default: all cores)
 #include <benchmark/benchmark.h>
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/optim/adam.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cstdlib>
 #include <memory>
@@ -12,7 +15,7 @@
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
 #include "userip/util/log.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include "userip/lm/pretrain.h"
 #include "userip/util/log.h"
 #include "userip/util/random.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace {
 

@@ -6,7 +6,8 @@
 //   USERIP_SERVE_BENCH_DIR=/tmp/userip-serve-bench build/bench/serve_bench
 // Single-threaded, as each request runs in the server.
 #include <benchmark/benchmark.h>
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -20,7 +21,7 @@
 #include "userip/serve/requests.h"
 #include "userip/serve/service.h"
 #include "userip/util/log.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace {
 

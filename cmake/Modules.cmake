@@ -14,11 +14,13 @@ if(USERIP_SANITIZE)
 endif()
 
 set(USERIP_MODULES "")
+set(USERIP_TORCH_MODULES "")  # modules declared TORCH; their tests use the precompiled header too
 set(USERIP_SKIP_MODULES "" CACHE STRING "Modules to leave out of a partial developer build (;-separated)")
 
-# userip_module(NAME DEPS <modules...> LIBS <external targets...>)
+# userip_module(NAME [TORCH] DEPS <modules...> LIBS <external targets...>); TORCH: its units use
+# libtorch, so they compile with the precompiled torch header (userip_torch_pch below).
 function(userip_module name)
-  cmake_parse_arguments(ARG "" "" "DEPS;LIBS;PRIVATE_LIBS" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH" "" "DEPS;LIBS;PRIVATE_LIBS" ${ARGN})
   file(GLOB_RECURSE sources CONFIGURE_DEPENDS "${PROJECT_SOURCE_DIR}/src/${name}/*.cpp")
   if(name IN_LIST USERIP_SKIP_MODULES)
     return()  # a developer's partial build (e.g. while another module is being rewritten)
@@ -36,5 +38,25 @@ function(userip_module name)
     target_link_libraries(userip_${name} PUBLIC userip_${dep})
   endforeach()
   target_link_libraries(userip_${name} PUBLIC ${ARG_LIBS} PRIVATE ${ARG_PRIVATE_LIBS})
+  if(ARG_TORCH)
+    userip_torch_pch(userip_${name})
+    set(USERIP_TORCH_MODULES ${USERIP_TORCH_MODULES} ${name} PARENT_SCOPE)
+  endif()
   set(USERIP_MODULES ${USERIP_MODULES} userip_${name} PARENT_SCOPE)
+endfunction()
+
+# userip_torch_pch(TARGET): TARGET compiles with cmake/torch_pch.h precompiled. The header is built
+# once, by userip_lm (the first module on libtorch), and every other target reuses that file, which
+# is why no target sets POSITION_INDEPENDENT_CODE: GCC refuses a header precompiled with -fPIC in an
+# -fPIE unit and the other way round, and falls back to parsing it (correct, only slow).
+option(USERIP_PRECOMPILED_HEADERS "Precompile libtorch's headers once per build" ON)
+function(userip_torch_pch target)
+  if(NOT USERIP_PRECOMPILED_HEADERS OR NOT TARGET userip_lm)
+    return()
+  endif()
+  if(target STREQUAL "userip_lm")
+    target_precompile_headers(userip_lm PRIVATE "${PROJECT_SOURCE_DIR}/cmake/torch_pch.h")
+  else()
+    target_precompile_headers(${target} REUSE_FROM userip_lm)
+  endif()
 endfunction()

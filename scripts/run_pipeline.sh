@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-bash "$here/scripts/setup.sh" --build-dir "$here/build"
+bash "$here/scripts/setup.sh" --build-dir "$here/build" --target userip_cli
 userip=("$here/build/bin/userip" --threads "$threads")
 run_dir="${USERIP_RUN_DIR:-$here/runs/movielens}"
 mkdir -p "$run_dir"

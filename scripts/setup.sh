@@ -2,21 +2,26 @@
 # Installs every Debian package userip needs and builds it. Idempotent: re-running only
 # installs what is missing and rebuilds what changed.
 #
-#   scripts/setup.sh [--no-build] [--build-dir DIR] [--build-type TYPE] [-- extra cmake args]
+#   scripts/setup.sh [--no-build] [--build-dir DIR] [--build-type TYPE] [--target T] [-- extra cmake args]
+#
+# --target builds one target and what it needs (the main job builds only the `userip_cli` program,
+# not the tests and benchmarks); without it everything is built.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="$here/build"
 build_type="Release"
 do_build=1
+targets=()
 extra_cmake=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) do_build=0 ;;
     --build-dir) build_dir="$2"; shift ;;
     --build-type) build_type="$2"; shift ;;
+    --target) targets+=(--target "$2"); shift ;;
     --) shift; extra_cmake=("$@"); break ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -74,5 +79,5 @@ if [ "$do_build" -eq 1 ]; then
   elif [ ${#extra_cmake[@]} -gt 0 ]; then
     cmake -S "$here" -B "$build_dir" "${extra_cmake[@]}"
   fi
-  cmake --build "$build_dir" --parallel "$(nproc)"
+  cmake --build "$build_dir" --parallel "$(nproc)" "${targets[@]}"
 fi

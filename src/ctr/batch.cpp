@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 
 namespace userip::ctr {
@@ -90,14 +91,12 @@ void check_ranges(const FieldLayout& layout) {
 
 }  // namespace
 
-std::string to_string(FieldKind kind) {
-  switch (kind) {
-    case FieldKind::categorical: return "categorical";
-    case FieldKind::multi_hot: return "multi_hot";
-  }
-  USERIP_ASSERT_MSG(false, "unknown FieldKind {}", static_cast<int>(kind));
-  return {};
-}
+namespace {
+constexpr EnumName<FieldKind> kFieldKindNames[] = {{FieldKind::categorical, "categorical"},
+                                                   {FieldKind::multi_hot, "multi_hot"}};
+}  // namespace
+
+std::string to_string(FieldKind kind) { return enum_name(kFieldKindNames, kind); }
 
 std::int64_t FieldLayout::vocabulary_size() const {
   std::int64_t total = 0;

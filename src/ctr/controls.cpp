@@ -1,6 +1,7 @@
 #include "userip/ctr/controls.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <algorithm>
 #include <cmath>

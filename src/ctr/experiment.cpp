@@ -12,6 +12,7 @@
 #include "ctr/json_fields.h"
 #include "userip/ctr/controls.h"
 #include "userip/ctr/metrics.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
@@ -22,23 +23,19 @@ namespace userip::ctr {
 using nlohmann::json;
 
 namespace {
-const char* const kVariantNames[] = {"base", "codes", "dense", "control-genres", "control-cf", "control-history"};
+constexpr EnumName<Variant> kVariantNames[] = {
+    {Variant::base, "base"},         {Variant::codes, "codes"},           {Variant::dense, "dense"},
+    {Variant::control_genres, "control-genres"}, {Variant::control_cf, "control-cf"},
+    {Variant::control_history, "control-history"}};
 const char* const kGroups[] = {"all", "sparse", "cold"};
 const char* const kMetrics[] = {"auc", "log_loss", "gauc"};
 
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 }  // namespace
 
-std::string to_string(Variant variant) { return kVariantNames[static_cast<int>(variant)]; }
+std::string to_string(Variant variant) { return enum_name(kVariantNames, variant); }
 
-Variant variant_from_string(std::string_view name) {
-  std::string known;
-  for (std::size_t i = 0; i < std::size(kVariantNames); ++i) {
-    if (name == kVariantNames[i]) return static_cast<Variant>(i);
-    known += (i ? ", " : "") + std::string(kVariantNames[i]);
-  }
-  fail("unknown variant '{}' (expected one of {})", name, known);
-}
+Variant variant_from_string(std::string_view name) { return enum_from_name(kVariantNames, name, "variant"); }
 
 void CompareConfig::validate() const {
   USERIP_CHECK(seeds >= 1 && seeds <= 1000, "compare: seeds must be in [1, 1000], got {}", seeds);

@@ -1,6 +1,7 @@
 #include "userip/ctr/features.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <algorithm>
 #include <fstream>
@@ -9,6 +10,7 @@
 
 #include "ctr/json_fields.h"
 #include "userip/lm/tensor_file.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/strings.h"
@@ -18,7 +20,8 @@ namespace {
 
 using nlohmann::json;
 
-const char* const kProfileInputNames[] = {"none", "codes", "dense"};
+constexpr EnumName<ProfileInput> kProfileInputNames[] = {
+    {ProfileInput::none, "none"}, {ProfileInput::codes, "codes"}, {ProfileInput::dense, "dense"}};
 
 bool is_usable_item_field(data::FieldKind kind) { return kind != data::FieldKind::text; }
 
@@ -32,13 +35,10 @@ std::vector<std::string> field_values(data::FieldKind kind, const std::string& r
 
 }  // namespace
 
-std::string to_string(ProfileInput input) { return kProfileInputNames[static_cast<int>(input)]; }
+std::string to_string(ProfileInput input) { return enum_name(kProfileInputNames, input); }
 
 ProfileInput profile_input_from_string(std::string_view name) {
-  for (int i = 0; i < 3; ++i) {
-    if (name == kProfileInputNames[i]) return static_cast<ProfileInput>(i);
-  }
-  fail("unknown profile input '{}' (expected none, codes or dense)", name);
+  return enum_from_name(kProfileInputNames, name, "profile input");
 }
 
 void FeatureConfig::validate() const {

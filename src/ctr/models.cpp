@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 
 namespace userip::ctr {
@@ -21,7 +22,8 @@ using nlohmann::json;
 // products (of order k · std^2) are negligible until training moves them: the usual CTR choice.
 constexpr double kEmbeddingInitStd = 0.01;
 
-constexpr const char* kModelNames[] = {"lr", "fm", "deepfm", "dcn", "dcnv2"};
+constexpr EnumName<ModelKind> kModelNames[] = {{ModelKind::lr, "lr"}, {ModelKind::fm, "fm"}, {ModelKind::deepfm, "deepfm"},
+                                                {ModelKind::dcn, "dcn"}, {ModelKind::dcnv2, "dcnv2"}};
 
 bool uses_cross(ModelKind kind) { return kind == ModelKind::dcn || kind == ModelKind::dcnv2; }
 
@@ -301,18 +303,9 @@ class DcnModel : public FieldModel {
 
 }  // namespace
 
-std::string to_string(ModelKind kind) {
-  const auto index = static_cast<std::size_t>(kind);
-  USERIP_ASSERT_MSG(index < std::size(kModelNames), "unknown ModelKind {}", index);
-  return kModelNames[index];
-}
+std::string to_string(ModelKind kind) { return enum_name(kModelNames, kind); }
 
-ModelKind model_kind_from_string(std::string_view name) {
-  for (std::size_t i = 0; i < std::size(kModelNames); ++i) {
-    if (name == kModelNames[i]) return static_cast<ModelKind>(i);
-  }
-  fail("unknown model \"{}\" (expected one of: {})", name, fmt::join(kModelNames, ", "));
-}
+ModelKind model_kind_from_string(std::string_view name) { return enum_from_name(kModelNames, name, "model"); }
 
 void ModelConfig::validate() const {
   USERIP_CHECK(embedding_dim >= 1, "model config: \"embedding_dim\" must be >= 1, got {}", embedding_dim);

@@ -1,6 +1,7 @@
 #include "userip/ctr/pipeline.h"
 
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include "userip/util/error.h"
 #include "userip/util/log.h"

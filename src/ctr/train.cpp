@@ -1,6 +1,9 @@
 #include "userip/ctr/train.h"
 
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/optim/adam.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <chrono>
 #include <cmath>
@@ -14,7 +17,7 @@
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
 #include "userip/util/progress.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace userip::ctr {
 

@@ -5,33 +5,31 @@
 #include <numeric>
 
 #include "data/storage.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
 
 namespace userip::data {
 
 namespace {
-const char* const kFieldKindNames[] = {"text", "category", "category_list", "number"};
-const char* const kSplitPartNames[] = {"train", "valid", "test", "cold_history", "cold_test"};
+constexpr EnumName<FieldKind> kFieldKindNames[] = {{FieldKind::text, "text"},
+                                                   {FieldKind::category, "category"},
+                                                   {FieldKind::category_list, "category_list"},
+                                                   {FieldKind::number, "number"}};
+constexpr EnumName<SplitPart> kSplitPartNames[] = {{SplitPart::train, "train"},
+                                                   {SplitPart::valid, "valid"},
+                                                   {SplitPart::test, "test"},
+                                                   {SplitPart::cold_history, "cold_history"},
+                                                   {SplitPart::cold_test, "cold_test"}};
 }  // namespace
 
-std::string to_string(FieldKind kind) { return kFieldKindNames[static_cast<int>(kind)]; }
+std::string to_string(FieldKind kind) { return enum_name(kFieldKindNames, kind); }
 
-FieldKind field_kind_from_string(std::string_view name) {
-  for (int k = 0; k < 4; ++k) {
-    if (name == kFieldKindNames[k]) return static_cast<FieldKind>(k);
-  }
-  fail("unknown field kind '{}' (expected text, category, category_list or number)", name);
-}
+FieldKind field_kind_from_string(std::string_view name) { return enum_from_name(kFieldKindNames, name, "field kind"); }
 
-std::string to_string(SplitPart part) { return kSplitPartNames[static_cast<int>(part)]; }
+std::string to_string(SplitPart part) { return enum_name(kSplitPartNames, part); }
 
-SplitPart split_part_from_string(std::string_view name) {
-  for (int p = 0; p < kNumSplitParts; ++p) {
-    if (name == kSplitPartNames[p]) return static_cast<SplitPart>(p);
-  }
-  fail("unknown split part '{}' (expected train, valid, test, cold_history or cold_test)", name);
-}
+SplitPart split_part_from_string(std::string_view name) { return enum_from_name(kSplitPartNames, name, "split part"); }
 
 std::vector<std::string> list_values(std::string_view joined) { return split_list(joined, '|'); }
 

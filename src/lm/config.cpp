@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 
@@ -12,32 +13,19 @@ namespace userip::lm {
 
 using nlohmann::json;
 
-std::string to_string(Architecture architecture) {
-  switch (architecture) {
-    case Architecture::llama: return "llama";
-    case Architecture::gpt2: return "gpt2";
-  }
-  return "?";
-}
+namespace {
+constexpr EnumName<Architecture> kArchitectureNames[] = {{Architecture::llama, "llama"}, {Architecture::gpt2, "gpt2"}};
+constexpr EnumName<Activation> kActivationNames[] = {
+    {Activation::silu, "silu"}, {Activation::gelu_tanh, "gelu_tanh"}, {Activation::gelu, "gelu"}};
+constexpr EnumName<RopeScalingType> kRopeScalingNames[] = {{RopeScalingType::none, "none"},
+                                                          {RopeScalingType::linear, "linear"},
+                                                          {RopeScalingType::dynamic, "dynamic"},
+                                                          {RopeScalingType::llama3, "llama3"}};
+}  // namespace
 
-std::string to_string(Activation activation) {
-  switch (activation) {
-    case Activation::silu: return "silu";
-    case Activation::gelu_tanh: return "gelu_tanh";
-    case Activation::gelu: return "gelu";
-  }
-  return "?";
-}
-
-std::string to_string(RopeScalingType type) {
-  switch (type) {
-    case RopeScalingType::none: return "none";
-    case RopeScalingType::linear: return "linear";
-    case RopeScalingType::dynamic: return "dynamic";
-    case RopeScalingType::llama3: return "llama3";
-  }
-  return "?";
-}
+std::string to_string(Architecture architecture) { return enum_name(kArchitectureNames, architecture); }
+std::string to_string(Activation activation) { return enum_name(kActivationNames, activation); }
+std::string to_string(RopeScalingType type) { return enum_name(kRopeScalingNames, type); }
 
 namespace {
 

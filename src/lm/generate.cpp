@@ -7,19 +7,18 @@
 #include <numeric>
 
 #include "lm/model_internal.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/random.h"
 
 namespace userip::lm {
 
-std::string to_string(StopReason reason) {
-  switch (reason) {
-    case StopReason::stop_token: return "stop_token";
-    case StopReason::max_tokens: return "max_tokens";
-    case StopReason::context: return "context";
-  }
-  return "?";
-}
+namespace {
+constexpr EnumName<StopReason> kStopReasonNames[] = {
+    {StopReason::stop_token, "stop_token"}, {StopReason::max_tokens, "max_tokens"}, {StopReason::context, "context"}};
+}  // namespace
+
+std::string to_string(StopReason reason) { return enum_name(kStopReasonNames, reason); }
 
 std::int32_t pick_token(const torch::Tensor& logits, const GenerationOptions& options, Rng& rng) {
   USERIP_CHECK(logits.dim() == 1 && logits.size(0) > 0, "pick_token needs one row of logits");

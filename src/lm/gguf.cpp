@@ -15,6 +15,7 @@
 #include <numeric>
 
 #include "lm/tensor_io.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
 
@@ -263,23 +264,18 @@ std::uint16_t float_to_half(float value) { return c10::Half(value).x; }
 
 }  // namespace
 
+namespace {
+constexpr EnumName<GgufType> kGgufTypeNames[] = {
+    {GgufType::u8, "u8"},         {GgufType::i8, "i8"},          {GgufType::u16, "u16"},     {GgufType::i16, "i16"},
+    {GgufType::u32, "u32"},       {GgufType::i32, "i32"},        {GgufType::f32, "f32"},     {GgufType::boolean, "bool"},
+    {GgufType::string, "string"}, {GgufType::array, "array"},    {GgufType::u64, "u64"},     {GgufType::i64, "i64"},
+    {GgufType::f64, "f64"}};
+}  // namespace
+
+// A file may hold a type this reader does not know: it is named by its number.
 std::string to_string(GgufType type) {
-  switch (type) {
-    case GgufType::u8: return "u8";
-    case GgufType::i8: return "i8";
-    case GgufType::u16: return "u16";
-    case GgufType::i16: return "i16";
-    case GgufType::u32: return "u32";
-    case GgufType::i32: return "i32";
-    case GgufType::f32: return "f32";
-    case GgufType::boolean: return "bool";
-    case GgufType::string: return "string";
-    case GgufType::array: return "array";
-    case GgufType::u64: return "u64";
-    case GgufType::i64: return "i64";
-    case GgufType::f64: return "f64";
-  }
-  return "type " + std::to_string(static_cast<std::uint32_t>(type));
+  const char* name = find_enum_name(kGgufTypeNames, type);
+  return name ? name : "type " + std::to_string(static_cast<std::uint32_t>(type));
 }
 
 // ---------------------------------------------------------------------------------------------

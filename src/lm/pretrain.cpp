@@ -17,7 +17,7 @@
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 

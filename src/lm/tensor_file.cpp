@@ -7,6 +7,7 @@
 
 #include "lm/tensor_io.h"
 #include "userip/lm/gguf.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
 
@@ -15,22 +16,14 @@ static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint I/O assumes
 
 namespace userip::lm {
 
-std::string to_string(StoredType type) {
-  switch (type) {
-    case StoredType::f32: return "F32";
-    case StoredType::f16: return "F16";
-    case StoredType::bf16: return "BF16";
-    case StoredType::q8_0: return "Q8_0";
-    case StoredType::i32: return "I32";
-    case StoredType::i64: return "I64";
-    case StoredType::f64: return "F64";
-    case StoredType::i8: return "I8";
-    case StoredType::u8: return "U8";
-    case StoredType::i16: return "I16";
-    case StoredType::other: return "other";
-  }
-  return "?";
-}
+namespace {
+constexpr EnumName<StoredType> kStoredTypeNames[] = {
+    {StoredType::f32, "F32"}, {StoredType::f16, "F16"}, {StoredType::bf16, "BF16"}, {StoredType::q8_0, "Q8_0"},
+    {StoredType::i32, "I32"}, {StoredType::i64, "I64"}, {StoredType::f64, "F64"},   {StoredType::i8, "I8"},
+    {StoredType::u8, "U8"},   {StoredType::i16, "I16"}, {StoredType::other, "other"}};
+}  // namespace
+
+std::string to_string(StoredType type) { return enum_name(kStoredTypeNames, type); }
 
 torch::ScalarType natural_dtype(StoredType type) {
   switch (type) {

@@ -20,12 +20,13 @@
 
 #include "userip/data/export.h"
 #include "userip/lm/tensor_file.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace userip::profile {
 
@@ -111,26 +112,20 @@ struct PreparedBatch {
 
 }  // namespace
 
-std::string to_string(EmMode mode) { return mode == EmMode::alternating ? "alternating" : "joint"; }
-EmMode em_mode_from_string(std::string_view name) {
-  if (name == "alternating") return EmMode::alternating;
-  if (name == "joint") return EmMode::joint;
-  fail("unknown EM mode '{}': use alternating or joint", name);
-}
+namespace {
+constexpr EnumName<EmMode> kEmModeNames[] = {{EmMode::alternating, "alternating"}, {EmMode::joint, "joint"}};
+constexpr EnumName<ProfileAblation> kAblationNames[] = {{ProfileAblation::none, "none"},
+                                                        {ProfileAblation::no_codebook, "no-codebook"},
+                                                        {ProfileAblation::random, "random"},
+                                                        {ProfileAblation::mean, "mean"}};
+}  // namespace
 
-std::string to_string(ProfileAblation a) {
-  switch (a) {
-    case ProfileAblation::none: return "none";
-    case ProfileAblation::no_codebook: return "no-codebook";
-    case ProfileAblation::random: return "random";
-    case ProfileAblation::mean: return "mean";
-  }
-  return "none";
-}
+std::string to_string(EmMode mode) { return enum_name(kEmModeNames, mode); }
+EmMode em_mode_from_string(std::string_view name) { return enum_from_name(kEmModeNames, name, "EM mode"); }
+
+std::string to_string(ProfileAblation a) { return enum_name(kAblationNames, a); }
 ProfileAblation profile_ablation_from_string(std::string_view name) {
-  for (auto a : {ProfileAblation::none, ProfileAblation::no_codebook, ProfileAblation::random, ProfileAblation::mean})
-    if (name == to_string(a)) return a;
-  fail("unknown ablation '{}': use none, no-codebook, random or mean", name);
+  return enum_from_name(kAblationNames, name, "ablation");
 }
 
 void FitOptions::validate() const {
@@ -1110,9 +1105,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       const auto refined_codes =
           refine_rows.empty() ? codes : codes.index_select(0, torch::tensor(refine_rows).to(o.device));
       for (std::size_t a = 0; a < codebooks.size(); ++a) {
-        // A code left with under a quarter of its fair share counts as dead: after the second refinement round on
-        // the 1,800-user world one taste code held 33 users and another 608, two classes' worth, and only empty
-        // codes were split.
+        // A code left with under a quarter of its fair share counts as dead, not only an empty one: refinement
+        // can leave a code a handful of users while another holds two classes' worth (docs/RESULTS.md).
         const auto min_members = std::max<std::int64_t>(1, refine_count / (4 * codebooks[a].codes()));
         const int split = codebooks[a].split_into_dead_codes(
             refined_codes.select(1, static_cast<long>(a)),
@@ -1126,17 +1120,16 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       torch::optim::Adam optimizer(codewords, torch::optim::AdamOptions(o.refine_learning_rate));
       // The first refinement round keeps the EM rounds' codes and only fits the codewords to them by
       // likelihood. Those codewords are means of profiles, each more or less generically good for
-      // everyone; assigned by likelihood straight away, nearly every user took the generically best
-      // one (1,666 of 1,800 on the synthetic world) and the codebook collapsed. Fitted to their
+      // everyone; assigned by likelihood straight away, nearly every user takes the generically best
+      // one and the codebook collapses. Fitted to their
       // members first, all codewords are good for their members, and the next rounds' assignments
       // follow what tells the users apart.
       const bool fit_codewords_to_em_codes = round == o.rounds;
       auto r = engine.user_samples(static_cast<std::uint64_t>(round), false, refine_rows.empty() ? nullptr : &refine_rows);
       // E-step over the round's users (every user unless --refine-users) against the codebook as it
-      // stands, then the M-step with those codes held. Assigned batch by batch while the codewords moved (later batches against codewords that
-      // earlier ones had already pulled towards their members), the taste codes of the 1,800-user
-      // world swung between rounds (one code from 601 to 738 users, another to none), where 270
-      // users, with a sixth of the steps per round, settled.
+      // stands, then the M-step with those codes held. Assigned batch by batch while the codewords moved (later
+      // batches against codewords that earlier ones had already pulled towards their members), codes swing
+      // between rounds instead of settling, the more so the more users there are.
       const auto batch_progress = [&](std::size_t b, double phase) {
         progress.set(static_cast<std::uint64_t>(round) * static_cast<std::uint64_t>(U) +
                      static_cast<std::uint64_t>(static_cast<double>(U) * (phase + (b + 1.0) / r.batches.size()) /
@@ -1171,7 +1164,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         }
         // Moves need rounds after them: one for the split codewords to part, one to settle. Every second
         // refinement round only: right after a move, the two halves of the split code have hardly parted and
-        // their members' margins are small (0.38 of the median on the 300-user world), which is not redundancy.
+        // their members' margins are small, which is not redundancy.
         const bool moves_allowed =
             o.merge_margin_ratio > 0 && round + 2 < total_rounds && (round - o.rounds) % 2 == 1;
         for (std::size_t a = 0; a < codebooks.size(); ++a) {
@@ -1471,8 +1464,8 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   if (!options.show_progress) progress.disable();
   for (int round = 0; round < o.rounds; ++round) {
     // The prior anneals as in the fit: with its final weight from the start, every new user, starting from the
-    // mean profile, is held at the codeword nearest the mean before its own evidence can move it (on MovieLens all
-    // 67 cold users took one code; docs/RESULTS.md).
+    // mean profile, is held at the codeword nearest the mean before its own evidence can move it, and all new users
+    // can end on one code (docs/RESULTS.md).
     const double lambda = o.mode == EmMode::joint ? 0.0 : lambda_for_round(o, round);
     auto r = engine.user_samples(static_cast<std::uint64_t>(round));
     for (const auto& batch : r.batches) {

@@ -9,6 +9,7 @@
 #include "userip/lm/batching.h"
 #include "userip/lm/model.h"
 #include "userip/text/sentencepiece.h"
+#include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/random.h"
 
@@ -40,15 +41,16 @@ bool detect_bare_join(const text::Tokenizer& tokenizer, const std::string& a, co
 
 }  // namespace
 
+namespace {
+constexpr EnumName<AttentionStructure> kAttentionNames[] = {{AttentionStructure::causal, "causal"},
+                                                            {AttentionStructure::segment, "segment"}};
+}  // namespace
+
 AttentionStructure attention_structure_from_string(std::string_view name) {
-  if (name == "causal") return AttentionStructure::causal;
-  if (name == "segment") return AttentionStructure::segment;
-  fail("unknown attention structure '{}' (available: causal, segment)", name);
+  return enum_from_name(kAttentionNames, name, "attention structure");
 }
 
-std::string to_string(AttentionStructure structure) {
-  return structure == AttentionStructure::causal ? "causal" : "segment";
-}
+std::string to_string(AttentionStructure structure) { return enum_name(kAttentionNames, structure); }
 
 std::int64_t ProfileSample::label_count() const {
   return std::accumulate(is_label.begin(), is_label.end(), std::int64_t{0});

@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "userip/text/corpus.h"
+#include "userip/text/placeholders.h"
 #include "userip/util/error.h"
 
 namespace userip::profile {
@@ -105,34 +106,16 @@ std::string available_evidence_names(const data::Dataset& dataset) {
 using Piece = ProfileTemplate::Piece;
 using PieceKind = ProfileTemplate::PieceKind;
 
-// Parses "{placeholder}" phrases the way text::PhraseTemplate does ("{{" and "}}" escape braces),
-// with the user aggregates added and the interaction's own values refused. Throws a message
-// without location; the caller adds it.
+// The evidence and behaviour placeholders: text::PhraseTemplate's, with the user aggregates added and the
+// interaction's own values refused. Errors name `where`.
 std::vector<Piece> parse_phrase(std::string_view phrase, const data::Dataset& dataset, const std::string& where) {
   std::vector<Piece> pieces;
-  std::string literal;
-  const auto flush = [&] {
-    if (!literal.empty()) pieces.push_back({PieceKind::literal, std::move(literal), 0});
-    literal.clear();
-  };
-  std::size_t pos = 0;
-  while (pos < phrase.size()) {
-    const char c = phrase[pos];
-    if ((c == '{' || c == '}') && pos + 1 < phrase.size() && phrase[pos + 1] == c) {
-      literal += c;
-      pos += 2;
+  for (auto& part : text::split_placeholders(phrase, where)) {
+    if (!part.placeholder) {
+      pieces.push_back({PieceKind::literal, std::move(part.text), 0});
       continue;
     }
-    if (c != '{') {
-      literal += c;
-      ++pos;
-      continue;
-    }
-    const std::size_t close = phrase.find('}', pos);
-    USERIP_CHECK(close != std::string_view::npos, "{}: unclosed '{{' at character {} of \"{}\"", where, pos + 1,
-                 phrase);
-    const std::string name(phrase.substr(pos + 1, close - pos - 1));
-    flush();
+    const std::string& name = part.text;
     Piece piece;
     if (name == "user.count") {
       piece.kind = PieceKind::count;
@@ -167,9 +150,7 @@ std::vector<Piece> parse_phrase(std::string_view phrase, const data::Dataset& da
       piece.field = static_cast<std::size_t>(f - dataset.item_fields.data());
     }
     pieces.push_back(std::move(piece));
-    pos = close + 1;
   }
-  flush();
   return pieces;
 }
 

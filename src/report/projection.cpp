@@ -1,6 +1,7 @@
 // The profile scatter: each attribute's profile vectors on their first two principal components.
 #include <fmt/ranges.h>
-#include <torch/torch.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <algorithm>
 #include <sstream>

@@ -8,6 +8,7 @@
 #include <set>
 
 #include "userip/text/item_text.h"
+#include "userip/text/placeholders.h"
 #include "userip/util/error.h"
 #include "userip/util/random.h"
 
@@ -20,19 +21,8 @@ class UserSummary {
  public:
   UserSummary(const data::Dataset& dataset, const data::SplitView& rows, std::string_view phrase)
       : dataset_(&dataset), view_(&rows) {
-    std::size_t pos = 0;
-    while (pos < phrase.size()) {
-      auto open = phrase.find('{', pos);
-      if (open == std::string_view::npos) {
-        pieces_.push_back({Kind::literal, std::string(phrase.substr(pos)), 0, 0});
-        break;
-      }
-      auto close = phrase.find('}', open);
-      USERIP_CHECK(close != std::string_view::npos, "user phrase '{}': unclosed '{{'", phrase);
-      pieces_.push_back({Kind::literal, std::string(phrase.substr(pos, open - pos)), 0, 0});
-      const std::string name(phrase.substr(open + 1, close - open - 1));
-      pieces_.push_back(parse(name, phrase));
-      pos = close + 1;
+    for (auto& part : split_placeholders(phrase, "user phrase")) {
+      pieces_.push_back(part.placeholder ? parse(part.text, phrase) : Piece{Kind::literal, std::move(part.text), 0, 0});
     }
     // Quintiles of the users' shares of positive labels: a style relative to the population, whatever the rating
     // scale or the label threshold, and for click data too.

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "userip/text/placeholders.h"
 #include "userip/util/error.h"
 
 namespace userip::text {
@@ -23,30 +24,12 @@ std::string rating_as_text(float rating) {
 }
 
 PhraseTemplate::PhraseTemplate(std::string_view format, const data::Dataset& dataset) : format_(format) {
-  std::size_t pos = 0;
-  std::string literal;
-  while (pos < format.size()) {
-    char c = format[pos];
-    if (c == '{' && pos + 1 < format.size() && format[pos + 1] == '{') {
-      literal += '{';
-      pos += 2;
+  for (auto& part : split_placeholders(format, fmt::format("phrase \"{}\"", format))) {
+    if (!part.placeholder) {
+      pieces_.push_back({Source::literal, std::move(part.text), 0});
       continue;
     }
-    if (c == '}' && pos + 1 < format.size() && format[pos + 1] == '}') {
-      literal += '}';
-      pos += 2;
-      continue;
-    }
-    if (c != '{') {
-      literal += c;
-      ++pos;
-      continue;
-    }
-    std::size_t close = format.find('}', pos);
-    USERIP_CHECK(close != std::string_view::npos, "phrase \"{}\": unclosed '{{' at character {}", format, pos + 1);
-    std::string name(format.substr(pos + 1, close - pos - 1));
-    if (!literal.empty()) pieces_.push_back({Source::literal, std::move(literal), 0});
-    literal.clear();
+    const std::string& name = part.text;
     Piece piece{Source::literal, {}, 0};
     if (name == "rating") {
       piece.source = Source::rating;
@@ -70,9 +53,7 @@ PhraseTemplate::PhraseTemplate(std::string_view format, const data::Dataset& dat
       }
     }
     pieces_.push_back(std::move(piece));
-    pos = close + 1;
   }
-  if (!literal.empty()) pieces_.push_back({Source::literal, std::move(literal), 0});
 }
 
 bool PhraseTemplate::uses_interaction_values() const {

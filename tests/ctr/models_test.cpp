@@ -162,7 +162,7 @@ TEST(CtrModelConfig, JsonErrorsNameTheKey) {
   expect_error([] { ModelConfig::from_json(json{{"dropout", "0.1"}}); }, "\"dropout\" must be a number");
   expect_error([] { ModelConfig::from_json(json{{"cross_layers", true}}); }, "\"cross_layers\" must be an integer");
   expect_error([] { ModelConfig::from_json(json{{"kind", 3}}); }, "\"kind\" must be a string");
-  expect_error([] { ModelConfig::from_json(json{{"kind", "dcn3"}}); }, "\"kind\": unknown model \"dcn3\"");
+  expect_error([] { ModelConfig::from_json(json{{"kind", "dcn3"}}); }, "\"kind\": unknown model 'dcn3'");
   expect_error([] { ModelConfig::from_json(json::array()); }, "expected a JSON object");
   // Values that parse but are invalid are caught by validate().
   expect_error([] { ModelConfig::from_json(json{{"embedding_dim", 0}}); }, "\"embedding_dim\" must be >= 1");

@@ -1,7 +1,10 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <torch/torch.h>
+#include <torch/nn/module.h>
+#include <torch/optim/adam.h>
+#include <torch/types.h>
+#include <torch/utils.h>
 
 #include <fstream>
 

@@ -26,6 +26,7 @@
 #include <fstream>
 #include <memory>
 
+#include "profile/fit_fixture.h"
 #include "profile/profile_world.h"
 #include "support/temp_dir.h"
 #include "text/text_test_support.h"
@@ -47,27 +48,9 @@ namespace {
 namespace fs = std::filesystem;
 using userip::testing::TempDir;
 
-using World = testing::ProfileWorld;
-World* g_world = nullptr;
-
-class ProfileFit : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    if (!g_world) g_world = testing::make_profile_world().release();
-  }
-  static void TearDownTestSuite() {
-    if (!g_world) return;
-    std::error_code ignored;
-    fs::remove_all(g_world->dir, ignored);
-    delete g_world;
-    g_world = nullptr;
-  }
-  void SetUp() override {
-    if (!g_world) GTEST_SKIP() << "spm_train not installed (Debian package sentencepiece)";
-  }
-
-  static FitOptions small_options() { return testing::small_fit_options(); }
-};
+using testing_fit::codeword_vectors;
+using testing_fit::g_world;
+using testing_fit::ProfileFit;
 
 
 TEST_F(ProfileFit, OutputsRoundTripAndARerunReusesThem) {
@@ -162,11 +145,6 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
                         {"no history"});
 }
 
-// Each attribute's profile vectors [U, L·d] rebuilt from the codes' codewords.
-torch::Tensor codeword_vectors(const Profiles& p, const torch::Tensor& codes, std::size_t a) {
-  return p.codebooks[a].reconstruct(codes.select(1, static_cast<std::int64_t>(a)));
-}
-
 // Σ NLL of one user's rows in `view` with the given codes [1, A, 1] as profile.
 double user_nll(const Profiles& fitted, const FitOptions& options, const data::SplitView& view, std::uint32_t user,
                 const torch::Tensor& codes) {
@@ -182,43 +160,6 @@ double user_nll(const Profiles& fitted, const FitOptions& options, const data::S
   one.vectors = torch::cat(parts, 1);
   auto e = evaluate_profiles(g_world->inputs(), one, options, view, view);
   return e.own * static_cast<double>(e.tokens);
-}
-
-// One refinement round after one EM round: from the same EM codebook, --refine-steps 1 moves each codeword
-// coordinate by at most one Adam step (the learning rate), one step per batch moves it further, and
-// --refine-users fits on fewer users' tokens while every user still ends on its codewords.
-TEST_F(ProfileFit, RefinementStepsBoundHowFarCodewordsMoveAndRefinementUsersLimitWhoseSamplesFitThem) {
-  auto options = small_options();
-  options.rounds = 1;
-  const auto fit_with = [&](int refine_rounds, int refine_steps, std::int64_t refine_users) {
-    TempDir dir;
-    auto o = options;
-    o.refine_rounds = refine_rounds;
-    o.refine_steps = refine_steps;
-    o.refine_users = refine_users;
-    return fit_profiles(g_world->inputs(), o, dir.path());
-  };
-  const auto em = fit_with(0, 0, 0);
-  const auto moved = [&](const FitResult& fit) {
-    double most = 0;
-    for (std::size_t a = 0; a < em.profiles.codebooks.size(); ++a)
-      most = std::max(most, (fit.profiles.codebooks[a].codewords()[0] - em.profiles.codebooks[a].codewords()[0])
-                                .abs().max().item<double>());
-    return most;
-  };
-  const double lr = options.refine_learning_rate;
-  const auto one_step = fit_with(1, 1, 0);
-  const auto all = fit_with(1, 0, 0);
-  EXPECT_GT(moved(one_step), 0.5 * lr);
-  EXPECT_LE(moved(one_step), lr * (1 + 1e-4));
-  EXPECT_GT(moved(all), 1.5 * lr);
-
-  const auto few = fit_with(1, 0, 10);
-  ASSERT_EQ(few.log.size(), 2u);
-  EXPECT_GT(few.log[1].tokens, 0);
-  EXPECT_LT(few.log[1].tokens, all.log[1].tokens / 4);
-  for (std::size_t a = 0; a < few.profiles.attributes.size(); ++a)
-    EXPECT_TRUE(torch::allclose(few.profiles.attribute_vectors(a), codeword_vectors(few.profiles, few.profiles.codes, a)));
 }
 
 TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLikeliestCodes) {
@@ -266,10 +207,9 @@ TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLike
 }
 
 // A ratio of 1 makes the lowest-margin code of every attribute redundant (it is under the median), so a move
-// is made at the first round that allows one: the second refinement round, with two rounds after it. The state
-// after a move lives in the profiles and codebooks, so a fit stopped at every round boundary and resumed ends
-// where the uninterrupted one does.
-TEST_F(ProfileFit, SplitAndMergeMovesAreLoggedAndAFitStoppedAtEveryRoundEndsTheSame) {
+// is made at the first round that allows one: the second refinement round, with two rounds after it.
+// fit_slow_test.cpp stops the same fit at every round boundary.
+TEST_F(ProfileFit, SplitAndMergeMovesAreLoggedWithTheirMargins) {
   TempDir dir;
   auto options = small_options();
   options.rounds = 1;
@@ -315,21 +255,6 @@ TEST_F(ProfileFit, SplitAndMergeMovesAreLoggedAndAFitStoppedAtEveryRoundEndsTheS
   for (std::size_t a = 0; a < whole.profiles.attributes.size(); ++a)
     EXPECT_TRUE(
         torch::allclose(whole.profiles.attribute_vectors(a), codeword_vectors(whole.profiles, whole.profiles.codes, a)));
-
-  // In a refinement round, a stop takes effect at the round's end: one round per call.
-  auto stopping = options;
-  stopping.stop_after_batches = 1;
-  int calls = 0;
-  FitResult resumed;
-  do {
-    resumed = fit_profiles(g_world->inputs(), stopping, dir / "stopped");
-    ASSERT_LT(++calls, 50);
-  } while (resumed.interrupted);
-  EXPECT_GE(calls, 5);
-  EXPECT_TRUE(torch::equal(resumed.profiles.codes, whole.profiles.codes));
-  for (std::size_t a = 0; a < whole.profiles.codebooks.size(); ++a)
-    EXPECT_TRUE(torch::allclose(resumed.profiles.codebooks[a].codewords()[0], whole.profiles.codebooks[a].codewords()[0],
-                                1e-5, 1e-6));
 }
 
 TEST_F(ProfileFit, InitTextsStartTheSoftTokensFromTheirTokenEmbeddings) {

@@ -9,7 +9,6 @@
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/util/threads.h"
 
 namespace userip {
 namespace {
@@ -97,14 +96,6 @@ TEST(Progress, RendersRateEtaAndMetric) {
   EXPECT_EQ(ProgressBar::format_duration(3725), "1h02m");
 }
 
-TEST(Threads, ConfiguresRequestedCountAndDetectsBlas) {
-  EXPECT_EQ(configure_threads(1), 1);
-  EXPECT_THROW(configure_threads(-1), Error);
-  BlasInfo blas = detect_blas();
-  EXPECT_FALSE(blas.name.empty());
-  EXPECT_FALSE(blas.is_openblas && blas.is_reference);
-}
-
 TEST(CrashHandler, NamesTheSignalAndPrintsTheCallStackThenDiesOfTheSameSignal) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "AddressSanitizer keeps its own handler";
@@ -117,20 +108,6 @@ TEST(CrashHandler, NamesTheSignalAndPrintsTheCallStackThenDiesOfTheSameSignal) {
       },
       ::testing::KilledBySignal(SIGSEGV), "fatal signal SIGSEGV.*call stack");
 #endif
-}
-
-TEST(Threads, WarnsAtStartUpWhenTheBlasIsNotOpenBlas) {
-  const char* reference_blas_dir = "/usr/lib/x86_64-linux-gnu/blas";
-  if (!fs::exists(fs::path(reference_blas_dir) / "libblas.so.3")) {
-    GTEST_SKIP() << "Debian's reference BLAS (libblas3) is not installed";
-  }
-  std::string output;
-  testing::run_cli("data stats --dataset /nonexistent", &output, std::string("LD_LIBRARY_PATH=") + reference_blas_dir);
-  EXPECT_NE(output.find("rather than OpenBLAS"), std::string::npos) << output;
-  testing::run_cli("data stats --dataset /nonexistent", &output);
-  if (detect_blas().is_openblas) {
-    EXPECT_EQ(output.find("rather than OpenBLAS"), std::string::npos) << output;
-  }
 }
 
 }  // namespace

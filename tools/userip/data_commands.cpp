@@ -27,8 +27,8 @@ void add_split_options(CLI::App* command, data::SplitConfig& split) {
   command->add_option("--test-ratio", split.test_ratio, "Share for test")
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
-  command->add_option("--cold-fraction", split.cold_fraction, "Fraction of users held out entirely (cold users)")
-      ->check(CLI::Range(0.0, 0.99))
+  // Its range, [0, 1), is SplitConfig::validate's: one place for it.
+  command->add_option("--cold-fraction", split.cold_fraction, "Fraction of users held out entirely (cold users), in [0, 1)")
       ->capture_default_str();
   command->add_option("--seed", split.seed, "Seed of the cold-user draw")->capture_default_str();
   command->add_option("--label-threshold", split.label_threshold, "click = rating >= threshold (rating data)")

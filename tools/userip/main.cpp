@@ -9,7 +9,7 @@
 #include "userip/util/crash.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 namespace userip::cli {
 

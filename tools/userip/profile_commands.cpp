@@ -203,6 +203,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "sentences per document the LM was pretrained on (pretrain.json of `lm pretrain`), else 0")
         ->check(CLI::Range(0, 100000));
     cmd->add_option("--batch-tokens", o.max_batch_tokens, "Tokens per batch, padding included")->capture_default_str();
+    cmd->add_option("--batch-rows", o.max_batch_rows, "Samples per batch, at most")->capture_default_str();
     cmd->add_option("--eval-users", o.max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
         ->capture_default_str();
     cmd->add_option("--checkpoint-seconds", o.checkpoint_seconds, "Seconds between resumable checkpoints")

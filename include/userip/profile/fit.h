@@ -65,9 +65,8 @@ struct FitOptions {
   int mstep_iterations = 5;       // Lloyd iterations of the M-step at fixed profiles
   // k-means++ seedings tried for the first codebooks, each judged by its quantization error after
   // mstep_iterations Lloyd steps; the best is kept. The later rounds keep the partition the first
-  // one finds. Default 1 (one seeding, as before the option existed): on the 1,800-user synthetic
-  // world 8 seedings gave taste / background NMI 0.807 / 0.568 against 0.796 / 0.769 with one
-  // (docs/RESULTS.md), a trade and not a gain.
+  // one finds. Default 1: more seedings traded one attribute's recovery for the other's rather than
+  // improving both (docs/RESULTS.md, `--kmeans-restarts`).
   int kmeans_restarts = 1;
   // Rounds in the λ → ∞ limit of the same objective, after the T rounds: every profile is its
   // codeword, so the E-step picks, per user and attribute, the code under which the frozen LM gives

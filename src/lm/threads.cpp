@@ -1,4 +1,4 @@
-#include "userip/util/threads.h"
+#include "userip/lm/threads.h"
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>

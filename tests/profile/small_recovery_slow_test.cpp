@@ -48,7 +48,7 @@ data::SynthWorld small_world() {
 }
 
 // Regenerates the fixture (about 90 s on 2 cores):
-//   build/tests/test_profile --gtest_also_run_disabled_tests --gtest_filter='SmallRecovery.DISABLED_*'
+//   build/tests/test_profile_slow --gtest_also_run_disabled_tests --gtest_filter='SmallRecovery.DISABLED_*'
 TEST(SmallRecovery, DISABLED_PretrainTheFixtureLm) {
   if (testing::text::find_program("spm_train").empty()) GTEST_SKIP() << "spm_train (Debian sentencepiece) not installed";
   const auto world = small_world();
