@@ -14,7 +14,6 @@ if(USERIP_SANITIZE)
 endif()
 
 set(USERIP_MODULES "")
-set(USERIP_TORCH_MODULES "")  # modules declared TORCH; their tests use the precompiled header too
 set(USERIP_SKIP_MODULES "" CACHE STRING "Modules to leave out of a partial developer build (;-separated)")
 
 # userip_module(NAME [TORCH] DEPS <modules...> LIBS <external targets...>); TORCH: its units use
@@ -40,7 +39,8 @@ function(userip_module name)
   target_link_libraries(userip_${name} PUBLIC ${ARG_LIBS} PRIVATE ${ARG_PRIVATE_LIBS})
   if(ARG_TORCH)
     userip_torch_pch(userip_${name})
-    set(USERIP_TORCH_MODULES ${USERIP_TORCH_MODULES} ${name} PARENT_SCOPE)
+    # A global property, not a variable: the tests' directory is not below src/.
+    set_property(GLOBAL APPEND PROPERTY USERIP_TORCH_MODULES ${name})
   endif()
   set(USERIP_MODULES ${USERIP_MODULES} userip_${name} PARENT_SCOPE)
 endfunction()

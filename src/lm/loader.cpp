@@ -611,4 +611,31 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
   writer.write(file);
 }
 
+CheckpointSummary summarize_checkpoint(const std::filesystem::path& path) {
+  CheckpointSummary summary;
+  std::vector<TensorInfo> tensors;
+  if (is_gguf_file(path)) {
+    auto file = open_gguf(path);
+    summary.config = config_from_gguf(*file);
+    tensors = file->tensors();
+  } else {
+    summary.config = load_config(path);
+    tensors = open_safetensors(std::filesystem::is_directory(path) ? path : path.parent_path())->tensors();
+  }
+  summary.tensors = tensors.size();
+  for (const auto& t : tensors) {
+    const auto ends_with = [&](const std::string& suffix) {
+      return t.name.size() >= suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with(".attn.bias") || ends_with(".attn.masked_bias") || ends_with("rotary_emb.inv_freq") ||
+        t.name == "rope_freqs.weight" || (summary.config.tie_word_embeddings && t.name == "lm_head.weight"))
+      continue;
+    std::int64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    summary.parameters += n;
+    summary.parameters_by_type[to_string(t.type)] += n;
+  }
+  return summary;
+}
+
 }  // namespace userip::lm

@@ -63,4 +63,39 @@ FitSession open_fit_session(const std::filesystem::path& dir, const SessionOptio
   return f;
 }
 
+FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path& fit_dir,
+                          const std::vector<std::uint32_t>& users, const InferOptions& options,
+                          const std::filesystem::path& out) {
+  std::string chosen_ids;
+  for (auto u : users) chosen_ids += session.dataset.user_ids[u] + "\n";
+  // "annealed": fold-ins made before the prior was annealed over the rounds are not reused.
+  const std::string fingerprint = hex64(fnv1a64(session.fit.record.value("fingerprint", "") + "|" +
+                                                std::to_string(options.rounds) + "|annealed|" + chosen_ids));
+  FoldIn result;
+  if (std::filesystem::exists(out / "profile.json")) {
+    try {
+      if (nlohmann::json::parse(read_file(out / "profile.json")).value("infer_fingerprint", "") == fingerprint) {
+        result.reused = true;
+        return result;
+      }
+    } catch (const nlohmann::json::exception&) {
+      // An unreadable earlier output is simply replaced.
+    }
+  }
+  const auto history = session.dataset.view({data::SplitPart::cold_history});
+  const auto in = session.inputs();
+  result.profiles = infer_profiles(in, session.fit.profiles, session.fit.options, history, users, options);
+  nlohmann::json record = session.fit.record;
+  record["folded_in_from"] = std::filesystem::absolute(fit_dir).string();
+  record["history_part"] = "cold_history";
+  record["infer_fingerprint"] = fingerprint;
+  record.erase("evaluation");
+  save_profiles(result.profiles, out, record);
+  const auto test = session.dataset.view({data::SplitPart::cold_test});
+  result.on_cold_test = evaluate_profiles(in, result.profiles, session.fit.options, history, test);
+  if (result.on_cold_test.tokens > 0)
+    write_file_atomic(out / "evaluation.json", result.on_cold_test.to_json().dump(2));
+  return result;
+}
+
 }  // namespace userip::profile

@@ -14,17 +14,18 @@
 #include "userip/lm/loader.h"
 #include "userip/lm/model_tokenizer.h"
 #include "userip/util/fs.h"
+#include "lm/lm_test_support.h"
 
 namespace userip::lm {
 namespace {
+
+using namespace test_support;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 using userip::testing::run_cli;
 using userip::testing::TempDir;
 
-fs::path repo_reference() { return fs::path(USERIP_SOURCE_DIR) / "tests" / "data" / "reference"; }
-fs::path shared_gpt2_gguf() { return fs::path(USERIP_SOURCE_DIR) / ".." / "shared" / "reference" / "tiny-gpt2.gguf"; }
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
 

@@ -14,9 +14,12 @@
 #include "userip/lm/config.h"
 #include "userip/lm/model.h"
 #include "userip/util/error.h"
+#include "lm/lm_test_support.h"
 
 namespace userip::lm {
 namespace {
+
+using namespace test_support;
 
 using nlohmann::json;
 
@@ -44,9 +47,6 @@ at::Tensor random_embeds(int64_t batch, int64_t tokens, int64_t dim, std::uint64
   return at::randn({batch, tokens, dim}, generator, at::TensorOptions().dtype(at::kDouble)).to(dtype);
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
 
 // ---------------------------------------------------------------------------------------------
 // Config

@@ -21,16 +21,17 @@
 #include "userip/text/sentencepiece.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
+#include "lm/lm_test_support.h"
 
 namespace userip::lm {
 namespace {
+
+using namespace test_support;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
 using userip::testing::TempDir;
 
-fs::path repo_reference() { return fs::path(USERIP_SOURCE_DIR) / "tests" / "data" / "reference"; }
-fs::path shared_gpt2_gguf() { return fs::path(USERIP_SOURCE_DIR) / ".." / "shared" / "reference" / "tiny-gpt2.gguf"; }
 
 struct Prompt {
   std::string text;
@@ -89,9 +90,6 @@ at::Tensor logits_for(const CausalLM& model, const std::vector<std::int32_t>& to
   return model.forward_tokens(at::tensor(ids, at::TensorOptions().dtype(at::kLong)).view({1, -1}));
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
 
 // The exported model reproduces the original exactly: weights, logits and token ids.
 void expect_same_model(const fs::path& exported, const fs::path& original, const std::vector<Prompt>& prompts) {

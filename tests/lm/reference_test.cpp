@@ -23,14 +23,16 @@
 #include "userip/lm/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
+#include "lm/lm_test_support.h"
 
 namespace userip::lm {
 namespace {
 
+using namespace test_support;
+
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-fs::path repo_reference() { return fs::path(USERIP_SOURCE_DIR) / "tests" / "data" / "reference"; }
 fs::path shared_reference() { return fs::path(USERIP_SOURCE_DIR) / ".." / "shared" / "reference"; }
 
 struct ReferencePrompt {
@@ -71,9 +73,6 @@ at::Tensor model_logits(const CausalLM& model, const ReferencePrompt& p) {
   return model.forward_tokens(ids)[0].narrow(0, p.first_position, p.positions).to(at::kFloat);
 }
 
-double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
-}
 
 // Worst |model - reference| over every prompt of `name` (tiny-llama / tiny-gpt2).
 double worst_difference(const CausalLM& model, const fs::path& logits_dir, const std::string& name, bool llama_cpp) {

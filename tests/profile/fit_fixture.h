@@ -30,6 +30,18 @@ class ProfileFit : public ::testing::Test {
   }
 
   static FitOptions small_options() { return userip::testing::small_fit_options(); }
+
+  // One EM round and four refinement rounds with a merge-margin ratio of 1, which makes the
+  // lowest-margin code of every attribute redundant (it is under the median): a move is made at the
+  // first round that allows one, the second refinement round, with two rounds after it.
+  static FitOptions split_and_merge_options() {
+    auto options = small_options();
+    options.rounds = 1;
+    options.refine_rounds = 4;
+    options.merge_margin_ratio = 1.0;
+    options.checkpoint_seconds = 1e9;  // only a stop writes a checkpoint
+    return options;
+  }
 };
 
 // Each attribute's profile vectors [U, L·d] rebuilt from the codes' codewords.

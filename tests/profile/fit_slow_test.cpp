@@ -60,11 +60,7 @@ TEST_F(ProfileFit, RefinementStepsBoundHowFarCodewordsMoveAndRefinementUsersLimi
 // round boundary and resumed ends where the uninterrupted one does (the move itself: fit_test.cpp).
 TEST_F(ProfileFit, AFitWithSplitAndMergeStoppedAtEveryRoundEndsTheSame) {
   TempDir dir;
-  auto options = small_options();
-  options.rounds = 1;
-  options.refine_rounds = 4;
-  options.merge_margin_ratio = 1.0;
-  options.checkpoint_seconds = 1e9;
+  const auto options = split_and_merge_options();
   const auto whole = fit_profiles(g_world->inputs(), options, dir / "whole");
   ASSERT_EQ(whole.log.size(), 5u);
   ASSERT_EQ(whole.log[2].moves.size(), 2u);

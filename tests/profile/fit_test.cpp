@@ -206,16 +206,10 @@ TEST_F(ProfileFit, RefinementLeavesProfilesOnTheirCodewordsAndFoldInTakesTheLike
   }
 }
 
-// A ratio of 1 makes the lowest-margin code of every attribute redundant (it is under the median), so a move
-// is made at the first round that allows one: the second refinement round, with two rounds after it.
-// fit_slow_test.cpp stops the same fit at every round boundary.
+// The move of split_and_merge_options, in round 3 (fit_slow_test.cpp stops the same fit at every round).
 TEST_F(ProfileFit, SplitAndMergeMovesAreLoggedWithTheirMargins) {
   TempDir dir;
-  auto options = small_options();
-  options.rounds = 1;
-  options.refine_rounds = 4;
-  options.merge_margin_ratio = 1.0;
-  options.checkpoint_seconds = 1e9;
+  const auto options = split_and_merge_options();
   const auto whole = fit_profiles(g_world->inputs(), options, dir / "whole");
   ASSERT_EQ(whole.log.size(), 5u);
   for (std::size_t r : {0u, 1u, 3u, 4u}) EXPECT_TRUE(whole.log[r].moves.empty()) << "round " << r + 1;

@@ -46,7 +46,7 @@ const std::vector<std::string> kGenres = {"Adventure|Animation", "Action|Crime",
 const std::vector<float> kUser0Ratings = {5, 4, 3, 5, 2, 4, 1, 3, 4, 5};
 
 // Four users (10, 13, 16 and 1 interactions) over eight movies, split 0.6 / 0.2 / 0.2.
-data::Dataset movielens_like() {
+data::Dataset four_movielens_users() {
   data::Dataset d;
   for (std::size_t i = 0; i < kTitles.size(); ++i) d.item_ids.push_back("m" + std::to_string(i));
   d.item_fields = {{"title", data::FieldKind::text, kTitles},
@@ -116,7 +116,7 @@ std::vector<std::int32_t> cat(std::vector<std::vector<std::int32_t>> parts) {
 }
 
 TEST(ProfileSamples, SampleLayoutEvidenceSoftSlotsBosBehaviourEos) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();
@@ -170,7 +170,7 @@ TEST(ProfileSamples, SampleLayoutEvidenceSoftSlotsBosBehaviourEos) {
 }
 
 TEST(ProfileSamples, BytePairJoiningMatchesTheJoinedText) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = gpt2_tokenizer();
@@ -191,7 +191,7 @@ TEST(ProfileSamples, BytePairJoiningMatchesTheJoinedText) {
 }
 
 TEST(ProfileSamples, WindowsFitTheBudgetAndCannotGrow) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();
@@ -237,7 +237,7 @@ TEST(ProfileSamples, WindowsFitTheBudgetAndCannotGrow) {
 }
 
 TEST(ProfileSamples, InteractionsPerSampleCapEveryWindowAndEvaluationSample) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto held_out = d.view({data::SplitPart::valid, data::SplitPart::test});
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
@@ -264,7 +264,7 @@ TEST(ProfileSamples, InteractionsPerSampleCapEveryWindowAndEvaluationSample) {
 }
 
 TEST(ProfileSamples, DeterministicPerSeedRoundAndUser) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();
@@ -288,7 +288,7 @@ TEST(ProfileSamples, DeterministicPerSeedRoundAndUser) {
 }
 
 TEST(ProfileSamples, TrainingSamplesUseHistoryRowsOnly) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();
@@ -317,7 +317,7 @@ TEST(ProfileSamples, TrainingSamplesUseHistoryRowsOnly) {
 }
 
 TEST(ProfileSamples, EvaluationSamplesCoverEachRowOnce) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto held_out = d.view({data::SplitPart::valid, data::SplitPart::test});
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
@@ -351,7 +351,7 @@ TEST(ProfileSamples, EvaluationSamplesCoverEachRowOnce) {
 }
 
 TEST(ProfileSamples, OverlongInteractionIsTruncatedKeepingEos) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();
@@ -378,7 +378,7 @@ TEST(ProfileSamples, OverlongInteractionIsTruncatedKeepingEos) {
 }
 
 TEST(ProfileSamples, NoBosOrEosWhenTheTokenizerHasNone) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   auto tok = text::load_tokenizer(reference("tiny-llama-hf"));
@@ -395,7 +395,7 @@ TEST(ProfileSamples, NoBosOrEosWhenTheTokenizerHasNone) {
 }
 
 TEST(ProfileSamples, ItemEvidenceGivesOneInteractionPerSample) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(
       R"({"attributes": [{"name": "hobby", "evidence": "The user likes {genres}"}],
@@ -417,7 +417,7 @@ TEST(ProfileSamples, ItemEvidenceGivesOneInteractionPerSample) {
 }
 
 TEST(ProfileSamples, ProbePlacesTheSoftSlots) {
-  const auto d = movielens_like();
+  const auto d = four_movielens_users();
   const auto history = d.training_view();
   const auto t = ProfileTemplate::parse(kTemplate, "t.json", d);
   const auto& tok = llama_tokenizer();

@@ -21,7 +21,7 @@ using testing::TempDir;
 fs::path shipped(const std::string& name) { return fs::path(USERIP_SOURCE_DIR) / "templates" / name; }
 
 // Six movies with the MovieLens fields and three users.
-data::Dataset movielens_like() {
+data::Dataset three_movielens_users() {
   data::Dataset d;
   d.item_ids = {"m1", "m2", "m3", "m4", "m5", "m6"};
   d.item_fields = {
@@ -66,7 +66,7 @@ std::string template_text(const std::vector<std::string>& attribute_lines,
 }
 
 TEST(ProfileTemplate, DefaultTemplatePutsSoftTokensWhereTheCorpusSummaryStands) {
-  const auto dataset = movielens_like();
+  const auto dataset = three_movielens_users();
   const auto t = default_template(dataset);
   ASSERT_EQ(t.attributes().size(), 2u);
   EXPECT_EQ(t.attributes()[0].name, "taste");
@@ -138,7 +138,7 @@ TEST(ProfileTemplate, ShippedSyntheticTemplateFitsASyntheticDataset) {
   const auto reparsed = recorded_template({{"template", t.to_json()}}, dataset, "record");
   EXPECT_EQ(reparsed.attributes()[1].init, "standard, moderate.");
   EXPECT_FALSE(ProfileTemplate::parse(template_text({R"({"name": "taste", "evidence": "Likes:"})"}), "t.json",
-                                      movielens_like())
+                                      three_movielens_users())
                    .to_json()["attributes"][0]
                    .contains("init"));
   for (std::size_t a = 0; a < 2; ++a) {
@@ -168,7 +168,7 @@ TEST(ProfileTemplate, DocumentationShowsTheShippedFilesVerbatim) {
 }
 
 TEST(ProfileTemplate, EvidenceRendersHandComputedAggregates) {
-  const auto dataset = movielens_like();
+  const auto dataset = three_movielens_users();
   const std::string text = template_text(
       {R"({"name": "a", "evidence": "{user.count} movies, mean {user.mean_rating}, {user.like_rate}% liked, mostly {user.top.genres}"})"});
   const auto t = ProfileTemplate::parse(text, "t.json", dataset);
@@ -189,7 +189,7 @@ TEST(ProfileTemplate, EvidenceRendersHandComputedAggregates) {
 }
 
 TEST(ProfileTemplate, ItemFieldsInEvidenceForceOneInteractionPerSample) {
-  const auto dataset = movielens_like();
+  const auto dataset = three_movielens_users();
   const auto t = ProfileTemplate::parse(
       template_text({R"({"name": "hobby", "evidence": "The user likes {genres}", "soft_tokens": 2})",
                      R"({"name": "level", "evidence": "Seen in {{{year}}}"})"}),
@@ -204,7 +204,7 @@ TEST(ProfileTemplate, ItemFieldsInEvidenceForceOneInteractionPerSample) {
 }
 
 TEST(ProfileTemplate, ErrorsNameTheFileAndLine) {
-  const auto dataset = movielens_like();
+  const auto dataset = three_movielens_users();
   TempDir dir;
   const auto load = [&](const std::string& text) {
     return [&, text] { ProfileTemplate::load(dir.write("bad.json", text), dataset); };
@@ -257,7 +257,7 @@ TEST(ProfileTemplate, ErrorsNameTheFileAndLine) {
 }
 
 TEST(ProfileTemplate, KeysOnTheirOwnLinesAreLocated) {
-  const auto dataset = movielens_like();
+  const auto dataset = three_movielens_users();
   // Attribute 2's soft_tokens key sits on line 12.
   const std::string text =
       "{\n"

@@ -26,35 +26,11 @@ namespace {
 
 
 void print_info(const std::filesystem::path& path) {
-  lm::ModelConfig config;
-  std::vector<lm::TensorInfo> tensors;
-  if (lm::is_gguf_file(path)) {
-    auto file = lm::open_gguf(path);
-    config = lm::config_from_gguf(*file);
-    tensors = file->tensors();
-  } else {
-    config = lm::load_config(path);
-    auto dir = std::filesystem::is_directory(path) ? path : path.parent_path();
-    tensors = lm::open_safetensors(dir)->tensors();
-  }
-  std::int64_t parameters = 0;
-  std::map<std::string, std::int64_t> by_type;
-  for (const auto& t : tensors) {
-    // Buffers some checkpoints carry beside the weights (GPT-2's causal-mask "attn.bias" and
-    // "attn.masked_bias", RoPE tables) are not parameters.
-    const auto ends_with = [&](const std::string& suffix) {
-      return t.name.size() >= suffix.size() && t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    };
-    if (ends_with(".attn.bias") || ends_with(".attn.masked_bias") || ends_with("rotary_emb.inv_freq") ||
-        t.name == "rope_freqs.weight" || (config.tie_word_embeddings && t.name == "lm_head.weight"))
-      continue;
-    std::int64_t n = 1;
-    for (auto d : t.shape) n *= d;
-    parameters += n;
-    by_type[lm::to_string(t.type)] += n;
-  }
+  const auto summary = lm::summarize_checkpoint(path);
+  const auto& config = summary.config;
+  const auto parameters = summary.parameters;
   std::string types;
-  for (auto& [type, n] : by_type) types += fmt::format("{}{} ({:.1f}%)", types.empty() ? "" : ", ", type, 100.0 * n / parameters);
+  for (auto& [type, n] : summary.parameters_by_type) types += fmt::format("{}{} ({:.1f}%)", types.empty() ? "" : ", ", type, 100.0 * n / parameters);
   auto tokenizer = lm::load_model_tokenizer(path);
   const auto& s = tokenizer->specials();
   std::cout << fmt::format(
@@ -68,7 +44,7 @@ void print_info(const std::filesystem::path& path) {
       "vocabulary     {} ({} tokenizer, {} entries; bos {} eos {} pad {} unk {}; add bos {})\n"
       "tied head      {}\n",
       path.string(), lm::to_string(config.architecture), config.model_type, parameters, parameters / 1e6,
-      tensors.size(), types, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+      summary.tensors, types, config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
       config.head_dim, config.intermediate_size, config.max_position_embeddings,
       config.architecture == lm::Architecture::gpt2
           ? std::string("learned")

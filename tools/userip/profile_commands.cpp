@@ -16,6 +16,7 @@
 #include "userip/profile/session.h"
 #include "userip/data/synth.h"
 #include "userip/store/feature_bank.h"
+#include "userip/store/profile_dir.h"
 #include "userip/text/corpus.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -93,19 +94,9 @@ void print_comparison(const profile::NllComparison& c) {
   std::cout << fmt::format(", mean profile {:.4f}, another user's profile {:.4f}\n", c.mean, c.shuffled);
 }
 
-// Publishes the codes of a fit directory as a feature bank.
-void write_bank_of(const profile::Profiles& profiles, const nlohmann::json& record, const std::filesystem::path& bank) {
-  store::BankContents contents;
-  const auto names = profiles.field_names();
-  for (std::size_t a = 0, f = 0; a < profiles.codebooks.size(); ++a)
-    for (int r = 0; r < profiles.codebooks[a].levels(); ++r)
-      contents.fields.push_back({names[f++], static_cast<std::int32_t>(profiles.codebooks[a].codes())});
-  contents.codebook_fingerprint = profiles.codebook_fingerprint();
-  for (const char* key : {"seed", "model_fingerprint", "dataset", "template", "template_path"})
-    if (record.contains(key)) contents.extra[key] = record[key];
-  contents.users = profiles.user_ids;
-  auto codes = profiles.codes.reshape({profiles.codes.size(0), -1}).to(torch::kInt).contiguous();
-  contents.codes.assign(codes.data_ptr<std::int32_t>(), codes.data_ptr<std::int32_t>() + codes.numel());
+// Publishes the codes a fit or fold-in wrote to `dir` as a feature bank (as `bank build` does).
+void publish_bank(const std::filesystem::path& dir, const std::filesystem::path& bank) {
+  const auto contents = store::read_profile_dir(dir);
   auto meta = store::write_bank(bank, contents);
   std::cout << fmt::format("feature bank {} version {}: {} users, {} fields\n", bank.string(), meta.version,
                            contents.users.size(), contents.fields.size());
@@ -266,8 +257,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                                result.profiles.attributes.size(), c->out.string());
       print_comparison(result.evaluation);
       if (!c->no_bank && result.profiles.has_codes()) {
-        auto record = nlohmann::json::parse(read_file(c->out / "profile.json"));
-        write_bank_of(result.profiles, record, c->bank.empty() ? c->out / "bank.sqlite" : c->bank);
+        publish_bank(c->out, c->bank.empty() ? c->out / "bank.sqlite" : c->bank);
       }
     });
   }
@@ -309,40 +299,18 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       }
       profile::InferOptions options;
       options.rounds = *rounds;
-      // Fold-in of the same users from the same fit is deterministic: an unchanged rerun (the main
-      // job's second run) reuses its output.
-      std::string chosen_ids;
-      for (auto u : chosen) chosen_ids += f.dataset.user_ids[u] + "\n";
-      // "annealed": fold-ins made before the prior was annealed over the rounds are not reused.
-      const std::string infer_fingerprint = hex64(fnv1a64(f.fit.record.value("fingerprint", "") + "|" +
-                                                          std::to_string(options.rounds) + "|annealed|" + chosen_ids));
-      if (std::filesystem::exists(*out / "profile.json") && (bank->empty() || std::filesystem::exists(*bank))) {
-        try {
-          if (nlohmann::json::parse(read_file(*out / "profile.json")).value("infer_fingerprint", "") == infer_fingerprint) {
-            std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());
-            return;
-          }
-        } catch (const nlohmann::json::exception&) {
-          // An unreadable earlier output is simply replaced.
-        }
+      const auto folded = profile::fold_in_cold_users(f, *dir, chosen, options, *out);
+      if (folded.reused) {
+        std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());
+        if (!bank->empty() && !std::filesystem::exists(*bank) && f.fit.profiles.has_codes()) publish_bank(*out, *bank);
+        return;
       }
-      auto in = f.inputs();
-      auto profiles = profile::infer_profiles(in, f.fit.profiles, f.fit.options, history, chosen, options);
-      nlohmann::json record = f.fit.record;
-      record["folded_in_from"] = std::filesystem::absolute(*dir).string();
-      record["history_part"] = "cold_history";
-      record["infer_fingerprint"] = infer_fingerprint;
-      record.erase("evaluation");
-      profile::save_profiles(profiles, *out, record);
-      std::cout << fmt::format("profiles of {} folded-in users in {}\n", profiles.users.size(), out->string());
-      const auto test = f.dataset.view({data::SplitPart::cold_test});
-      auto comparison = profile::evaluate_profiles(in, profiles, f.fit.options, history, test);
-      if (comparison.tokens > 0) {
+      std::cout << fmt::format("profiles of {} folded-in users in {}\n", folded.profiles.users.size(), out->string());
+      if (folded.on_cold_test.tokens > 0) {
         std::cout << "on their cold_test interactions: ";
-        print_comparison(comparison);
-        write_file_atomic(*out / "evaluation.json", comparison.to_json().dump(2));
+        print_comparison(folded.on_cold_test);
       }
-      if (!bank->empty() && profiles.has_codes()) write_bank_of(profiles, record, *bank);
+      if (!bank->empty() && folded.profiles.has_codes()) publish_bank(*out, *bank);
     });
   }
 

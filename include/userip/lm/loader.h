@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,6 +22,17 @@ namespace userip::lm {
 // missing tensors and shape mismatches.
 CausalLM load_model(const std::filesystem::path& path, torch::ScalarType dtype = torch::kFloat32,
                     torch::Device device = torch::kCPU);
+
+// What a checkpoint holds, read from its headers without loading a weight (`userip lm info`).
+struct CheckpointSummary {
+  ModelConfig config;
+  std::size_t tensors = 0;
+  // Weights only: buffers some checkpoints carry beside them (GPT-2's causal-mask "attn.bias" and
+  // "attn.masked_bias", RoPE tables) and a head tied to the embedding do not count.
+  std::int64_t parameters = 0;
+  std::map<std::string, std::int64_t> parameters_by_type;  // stored type name ("F32", "Q8_0", ...) → count
+};
+CheckpointSummary summarize_checkpoint(const std::filesystem::path& path);
 
 // The config a GGUF file describes (general.architecture llama, qwen2 or gpt2).
 ModelConfig config_from_gguf(const GgufFile& file);

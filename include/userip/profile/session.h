@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -38,6 +39,20 @@ struct SessionOptions {
 // profile.json, malformed JSON, no recorded dataset or model. An LM whose weights differ from the
 // fit's is a warning, not an error (a user may convert the checkpoint's format).
 FitSession open_fit_session(const std::filesystem::path& dir, const SessionOptions& options = {});
+
+// Fold-in of `users` (indices into session.dataset) from their cold_history rows into the fit
+// opened from `fit_dir`, saved in `out` (profile.json, codes.csv, ...) with the fit's record and
+// where it came from, and evaluated on the users' cold_test rows (evaluation.json). Fold-in is
+// deterministic, so a rerun for the same fit, users and rounds reuses `out` (its profile.json
+// carries that fingerprint) and fits nothing.
+struct FoldIn {
+  Profiles profiles;            // empty when reused
+  bool reused = false;
+  NllComparison on_cold_test;   // tokens == 0 when reused or when the users have no cold_test rows
+};
+FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path& fit_dir,
+                          const std::vector<std::uint32_t>& users, const InferOptions& options,
+                          const std::filesystem::path& out);
 
 // The template a fit recorded in profile.json, parsed against `dataset`.
 ProfileTemplate recorded_template(const nlohmann::json& record, const data::Dataset& dataset, const std::string& source);
