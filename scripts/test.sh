@@ -13,13 +13,10 @@ bash "$here/scripts/setup.sh" --build-dir "$here/build"
 ctest --test-dir "$here/build" --output-on-failure -j "$jobs" "$@"
 
 if [ "$sanitize" -eq 1 ]; then
-  # Compile time, not coverage, is what this build saves on (docs/BENCHMARKS.md, "Build and test
-  # times"): -O1 -g1 is half the compile time of -O2 -g under the sanitizers and keeps the line tables
-  # their reports need (the hot loops are libtorch's, not rebuilt here); a unity build compiles each
-  # target's sources in batches, so the templates they share are instantiated and instrumented once.
+  # -O1 -g1: half the compile time of -O2 -g under the sanitizers, with the line tables their reports
+  # need; the hot loops are libtorch's, which is not rebuilt here (docs/BENCHMARKS.md, "Build and test times").
   bash "$here/scripts/setup.sh" --build-dir "$here/build-asan" --build-type RelWithDebInfo \
-    -- -DUSERIP_SANITIZE=ON -DUSERIP_BUILD_BENCHMARKS=OFF "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" \
-    -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8
+    -- -DUSERIP_SANITIZE=ON -DUSERIP_BUILD_BENCHMARKS=OFF "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
   # libtorch itself is not instrumented: its one-time allocations at exit are not our leaks, and
   # std containers resized inside it trip container-overflow checks falsely.
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0:detect_container_overflow=0"
