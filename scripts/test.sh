@@ -13,10 +13,11 @@ bash "$here/scripts/setup.sh" --build-dir "$here/build"
 ctest --test-dir "$here/build" --output-on-failure -j "$jobs" "$@"
 
 if [ "$sanitize" -eq 1 ]; then
-  # -O1 -g1: half the compile time of -O2 -g under the sanitizers, with the line tables their reports
-  # need; the hot loops are libtorch's, which is not rebuilt here (docs/BENCHMARKS.md, "Build and test times").
+  # The slow tests are not run here, so not built either. -O1 -g1: half the compile time of -O2 -g
+  # under the sanitizers, with the line tables their reports need; the hot loops are libtorch's, which
+  # is not rebuilt here (docs/BENCHMARKS.md, "Build and test times").
   bash "$here/scripts/setup.sh" --build-dir "$here/build-asan" --build-type RelWithDebInfo \
-    -- -DUSERIP_SANITIZE=ON -DUSERIP_BUILD_BENCHMARKS=OFF "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
+    -- -DUSERIP_SANITIZE=ON -DUSERIP_BUILD_BENCHMARKS=OFF -DUSERIP_BUILD_SLOW_TESTS=OFF "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG"
   # libtorch itself is not instrumented: its one-time allocations at exit are not our leaks, and
   # std containers resized inside it trip container-overflow checks falsely.
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0:detect_container_overflow=0"
