@@ -21,7 +21,7 @@ while [ $# -gt 0 ]; do
     --build-type) build_type="$2"; shift ;;
     --target) targets+=(--target "$2"); shift ;;
     --) shift; extra_cmake=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
