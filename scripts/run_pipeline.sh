@@ -58,7 +58,7 @@ echo "== profiles: EM over the frozen LM, codebooks, feature bank (reused when n
   --bank "$run_dir/bank.sqlite" --seed "$seed"
 "${userip[@]}" bank info "$run_dir/bank.sqlite"
 
-echo "== cold users: fold-in (E-steps only, LM and codebooks frozen)"
+echo "== cold users: fold-in (codes by likelihood over their cold history; LM and codebooks frozen)"
 "${userip[@]}" profile infer --profile "$run_dir/profiles" --out "$run_dir/profiles-cold" \
   --bank "$run_dir/bank-cold.sqlite"
 

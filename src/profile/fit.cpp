@@ -212,29 +212,15 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       carried.tokens = state.at("pass_tokens").get<std::int64_t>();
       batches_done = state.at("batches_done").get<std::int64_t>();
       result.tokens = state.at("tokens").get<std::int64_t>();
-      for (const auto& l : state.at("log")) {
-        RoundLog r;
-        r.round = l.at("round");
-        r.lambda = l.at("lambda");
-        r.refinement = l.value("refinement", false);
-        r.train_nll = l.at("train_nll");
-        r.valid_nll = l.at("valid_nll").is_null() ? -1.0 : l.at("valid_nll").get<double>();
-        r.seconds = l.at("seconds");
-        r.tokens = l.at("tokens");
-        result.log.push_back(r);
-      }
-      // The rounds' full records (code statistics) live in log.jsonl, rewritten from here on.
+      for (const auto& l : state.at("log"))
+        result.log.push_back(RoundLog::from_json(l, attributes, (checkpoint / "state.json").string()));
       result.resumed = true;
       spdlog::info("resuming the fit from round {} batch {} ({})", start_round + 1, start_batch, checkpoint.string());
     }
   }
+  // log.jsonl is rewritten from the rounds' records, which the checkpoint carries in full.
   std::vector<nlohmann::json> log_records;
-  if (result.resumed && fs::exists(out / "log.jsonl")) {
-    std::ifstream log_in(out / "log.jsonl");
-    std::string line;
-    while (std::getline(log_in, line) && log_records.size() < result.log.size())
-      log_records.push_back(nlohmann::json::parse(line));
-  }
+  for (const auto& r : result.log) log_records.push_back(r.to_json(attributes));
   auto write_log_records = [&] {
     std::string text;
     for (const auto& r : log_records) text += r.dump() + "\n";

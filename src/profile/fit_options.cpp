@@ -224,6 +224,52 @@ nlohmann::json RoundLog::to_json(const std::vector<AttributeSpec>& attributes) c
   return j;
 }
 
+RoundLog RoundLog::from_json(const nlohmann::json& j, const std::vector<AttributeSpec>& attributes,
+                             const std::string& source) {
+  try {
+    RoundLog r;
+    r.round = j.at("round").get<int>();
+    r.lambda = j.at("lambda").get<double>();
+    r.refinement = j.value("refinement", false);
+    r.train_nll = j.at("train_nll").get<double>();
+    r.valid_nll = j.at("valid_nll").is_null() ? -1.0 : j.at("valid_nll").get<double>();
+    r.seconds = j.at("seconds").get<double>();
+    r.tokens = j.at("tokens").get<std::int64_t>();
+    const auto& per = j.at("attributes");
+    for (const auto& spec : attributes) {
+      if (!per.contains(spec.name)) continue;
+      const auto& a = per.at(spec.name);
+      r.quantization_error.push_back(a.at("quantization_error").get<double>());
+      r.code_perplexity.push_back(a.at("code_perplexity").get<std::vector<double>>());
+      r.dead_codes.push_back(a.at("dead_codes").get<std::vector<std::int64_t>>());
+      r.code_counts.push_back(a.at("code_counts").get<std::vector<std::vector<std::int64_t>>>());
+      if (a.contains("code_margins")) {
+        std::vector<double> margins;
+        for (const auto& m : a.at("code_margins"))
+          margins.push_back(m.is_null() ? std::numeric_limits<double>::quiet_NaN() : m.get<double>());
+        r.code_margins.push_back(std::move(margins));
+      }
+    }
+    for (const auto& m : j.value("split_merge", nlohmann::json::array())) {
+      CodeMove move;
+      const auto name = m.at("attribute").get<std::string>();
+      const auto it = std::find_if(attributes.begin(), attributes.end(), [&](const auto& a) { return a.name == name; });
+      USERIP_CHECK(it != attributes.end(), "{}: split_merge names attribute '{}', which the template does not have",
+                   source, name);
+      move.attribute = static_cast<std::size_t>(it - attributes.begin());
+      move.dissolved = m.at("dissolved").get<std::int64_t>();
+      move.margin_ratio = m.at("margin_ratio").get<double>();
+      move.split = m.at("split").get<std::int64_t>();
+      move.split_members = m.at("split_members").get<std::int64_t>();
+      move.moved = m.at("moved").get<std::int64_t>();
+      r.moves.push_back(move);
+    }
+    return r;
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not a round of the fit log ({})", source, e.what());
+  }
+}
+
 nlohmann::json NllComparison::to_json() const {
   return {{"own", own},
           {"quantized", quantized < 0 ? nlohmann::json(nullptr) : nlohmann::json(quantized)},

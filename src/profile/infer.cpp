@@ -37,6 +37,16 @@ namespace fs = std::filesystem;
 using torch::indexing::Slice;
 using namespace detail;
 
+namespace {
+constexpr EnumName<FoldInMethod> kFoldInMethodNames[] = {
+    {FoldInMethod::automatic, "auto"}, {FoldInMethod::estep, "estep"}, {FoldInMethod::likelihood, "likelihood"}};
+}  // namespace
+
+std::string to_string(FoldInMethod method) { return enum_name(kFoldInMethodNames, method); }
+FoldInMethod fold_in_method_from_string(std::string_view name) {
+  return enum_from_name(kFoldInMethodNames, name, "fold-in method");
+}
+
 NllComparison evaluate_profiles(const FitInputs& in, const Profiles& profiles, const FitOptions& requested,
                                 const data::SplitView& history, const data::SplitView& view) {
   const FitOptions o = within_context(requested, *in.model);
@@ -103,9 +113,15 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   result.attributes = fitted.attributes;
   result.attribute_offset = fitted.attribute_offset;
   result.codebooks = fitted.codebooks;
-  if (o_fit.refine_rounds > 0) {
-    // Fitted profiles are codewords: a new user takes the codes under which the LM finds its whole
-    // history likeliest, starting from the population's codes (two sweeps over the attributes).
+  const bool one_level_codes = fitted.has_codes() && fitted.codes.size(2) == 1;
+  const bool by_likelihood = options.method == FoldInMethod::likelihood ||
+                             (options.method == FoldInMethod::automatic && one_level_codes);
+  if (by_likelihood) {
+    USERIP_CHECK(one_level_codes,
+                 "fold-in by likelihood needs a fit with codebooks of one level (this one has {})",
+                 fitted.has_codes() ? fmt::format("{} levels", fitted.codes.size(2)) : std::string("none"));
+    // The λ → ∞ limit of the fit's objective: a new user takes the codes under which the LM finds its
+    // whole history likeliest, starting from the population's codes (two sweeps over the attributes).
     ProgressBar progress("profile infer (by likelihood)", static_cast<std::uint64_t>(U), "users");
     if (!options.show_progress) progress.disable();
     const auto mean = fitted.vectors.to(o.device).mean(0, true);

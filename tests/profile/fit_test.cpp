@@ -118,9 +118,17 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   ASSERT_FALSE(users.empty());
   InferOptions io;
   io.show_progress = false;
+  io.method = FoldInMethod::estep;
   auto cold = infer_profiles(g_world->inputs(), fit.profiles, options, history, users, io);
   ASSERT_TRUE(cold.has_codes());
   EXPECT_EQ(cold.codes.size(0), static_cast<std::int64_t>(users.size()));
+  // By default (codebooks of one level) the new users' profiles are the codewords of codes chosen by likelihood.
+  InferOptions automatic;
+  automatic.show_progress = false;
+  auto by_likelihood = infer_profiles(g_world->inputs(), fit.profiles, options, history, users, automatic);
+  for (std::size_t a = 0; a < by_likelihood.attributes.size(); ++a)
+    EXPECT_TRUE(torch::allclose(by_likelihood.attribute_vectors(a), codeword_vectors(by_likelihood, by_likelihood.codes, a)))
+        << by_likelihood.attributes[a].name;
   EXPECT_EQ(cold.codebook_fingerprint(), fit.profiles.codebook_fingerprint());
   // Their held-out behaviour can be scored with the folded-in profiles.
   auto test = g_world->dataset.view({data::SplitPart::cold_test});

@@ -264,7 +264,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
 
   {  // profile infer
     auto* cmd = profile_app->add_subcommand(
-        "infer", "Fold in users the fit did not see (E-steps only; LM and codebooks frozen): by default the "
+        "infer", "Fold in users the fit did not see (LM and codebooks frozen): by default the "
                  "dataset's cold users from their cold_history interactions");
     auto dir = std::make_shared<std::filesystem::path>();
     auto dataset = std::make_shared<std::filesystem::path>();
@@ -278,12 +278,18 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     add_model_options(cmd, *model, false);
     cmd->add_option("--user", *users, "Original id of a user to fold in (repeatable; default: every cold user)");
     cmd->add_option("--rounds", *rounds,
-                    "E-step rounds (0 = as many as the fit had; after a fit with refinement rounds, codes are "
-                    "assigned by likelihood in one pass instead)")
+                    "E-step rounds of --method estep (0 = as many as the fit had)")
+        ->capture_default_str();
+    auto method = std::make_shared<std::string>("auto");
+    cmd->add_option("--method", *method,
+                    "estep: E-steps from the mean profile, the prior annealed as in the fit, codes by distance; "
+                    "likelihood: the codes under which the LM finds the user's whole cold history likeliest "
+                    "(codebooks of one level); auto: likelihood when the fit has codebooks of one level, else estep")
+        ->check(CLI::IsMember({"auto", "estep", "likelihood"}))
         ->capture_default_str();
     cmd->add_option("--out", *out, "Output directory for the new users' profiles and codes")->required();
     cmd->add_option("--bank", *bank, "Also publish the new users' codes as a feature bank here");
-    on_run(cmd, [dir, dataset, model, users, rounds, out, bank] {
+    on_run(cmd, [dir, dataset, model, users, rounds, method, out, bank] {
       auto f = load_fit_dir(*dir, *dataset, *model);
       const auto history = f.dataset.view({data::SplitPart::cold_history});
       std::vector<std::uint32_t> chosen;
@@ -299,6 +305,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       }
       profile::InferOptions options;
       options.rounds = *rounds;
+      options.method = profile::fold_in_method_from_string(*method);
       const auto folded = profile::fold_in_cold_users(f, *dir, chosen, options, *out);
       if (folded.reused) {
         std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());

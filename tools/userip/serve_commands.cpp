@@ -75,8 +75,8 @@ void add_serve_commands(CLI::App& app, GlobalOptions& /*global*/) {
                   "Language model: enables POST /v1/users/{id}/profile:infer (fold-in through the LM; off by default)");
   cmd->add_option("--profile", c->profile, "`userip profile fit` output directory the fold-in endpoint uses (with --lm)");
   cmd->add_option("--fold-in-rounds", c->fold_in_rounds,
-                  "E-step rounds of a fold-in (0 = as many as the fit had; unused after a fit with refinement "
-                  "rounds, whose fold-in assigns codes by likelihood)")
+                  "E-step rounds of a fold-in (0 = as many as the fit had; unused when the fit has codebooks of "
+                  "one level, whose fold-in assigns codes by likelihood)")
       ->capture_default_str();
   on_run(cmd, [c] {
     USERIP_CHECK(c->lm.empty() == c->profile.empty(), "--lm and --profile go together (the fold-in endpoint needs both)");

@@ -68,8 +68,8 @@ ScoreResult score(const ServingState& state, const ScoreRequest& request, Scorin
 // RequestError 404 as well when no bank is loaded (the resource does not exist here).
 nlohmann::json profile_of(const ServingState& state, const std::string& user);
 
-// The fold-in endpoint's engine: E-steps for one new user's history with the LM and codebooks
-// frozen, as `profile infer` does. One fold-in runs at a time (it is CPU-bound through the LM);
+// The fold-in endpoint's engine: one new user's codes from its history with the LM and codebooks
+// frozen, by the rule of `profile infer` (profile::FoldInMethod::automatic). One fold-in runs at a time (it is CPU-bound through the LM);
 // others wait their turn.
 class FoldIn {
  public:
