@@ -47,6 +47,11 @@ FoldInMethod fold_in_method_from_string(std::string_view name) {
   return enum_from_name(kFoldInMethodNames, name, "fold-in method");
 }
 
+FoldInMethod resolve_fold_in_method(const Profiles& fitted, FoldInMethod requested) {
+  if (requested != FoldInMethod::automatic) return requested;
+  return fitted.has_codes() && fitted.codes.size(2) == 1 ? FoldInMethod::likelihood : FoldInMethod::estep;
+}
+
 NllComparison evaluate_profiles(const FitInputs& in, const Profiles& profiles, const FitOptions& requested,
                                 const data::SplitView& history, const data::SplitView& view) {
   const FitOptions o = within_context(requested, *in.model);
@@ -113,11 +118,8 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   result.attributes = fitted.attributes;
   result.attribute_offset = fitted.attribute_offset;
   result.codebooks = fitted.codebooks;
-  const bool one_level_codes = fitted.has_codes() && fitted.codes.size(2) == 1;
-  const bool by_likelihood = options.method == FoldInMethod::likelihood ||
-                             (options.method == FoldInMethod::automatic && one_level_codes);
-  if (by_likelihood) {
-    USERIP_CHECK(one_level_codes,
+  if (resolve_fold_in_method(fitted, options.method) == FoldInMethod::likelihood) {
+    USERIP_CHECK(fitted.has_codes() && fitted.codes.size(2) == 1,
                  "fold-in by likelihood needs a fit with codebooks of one level (this one has {})",
                  fitted.has_codes() ? fmt::format("{} levels", fitted.codes.size(2)) : std::string("none"));
     // The λ → ∞ limit of the fit's objective: a new user takes the codes under which the LM finds its

@@ -68,9 +68,12 @@ FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path
                           const std::filesystem::path& out) {
   std::string chosen_ids;
   for (auto u : users) chosen_ids += session.dataset.user_ids[u] + "\n";
-  // "annealed": fold-ins made before the prior was annealed over the rounds are not reused.
+  // "annealed": fold-ins made before the prior was annealed over the rounds are not reused. The method is the
+  // one that runs (automatic resolved), so that a change of what automatic means is not taken for no change.
+  const auto method = resolve_fold_in_method(session.fit.profiles, options.method);
   const std::string fingerprint = hex64(fnv1a64(session.fit.record.value("fingerprint", "") + "|" +
-                                                std::to_string(options.rounds) + "|annealed|" + to_string(options.method) + "|" + chosen_ids));
+                                                std::to_string(options.rounds) + "|annealed|" + to_string(method) +
+                                                "|" + chosen_ids));
   FoldIn result;
   if (std::filesystem::exists(out / "profile.json")) {
     try {
@@ -89,7 +92,7 @@ FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path
   record["folded_in_from"] = std::filesystem::absolute(fit_dir).string();
   record["history_part"] = "cold_history";
   record["infer_fingerprint"] = fingerprint;
-  record["fold_in_method"] = to_string(options.method);
+  record["fold_in_method"] = to_string(method);
   record.erase("evaluation");
   save_profiles(result.profiles, out, record);
   const auto test = session.dataset.view({data::SplitPart::cold_test});

@@ -123,6 +123,8 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   ASSERT_TRUE(cold.has_codes());
   EXPECT_EQ(cold.codes.size(0), static_cast<std::int64_t>(users.size()));
   // By default (codebooks of one level) the new users' profiles are the codewords of codes chosen by likelihood.
+  EXPECT_EQ(resolve_fold_in_method(fit.profiles, FoldInMethod::automatic), FoldInMethod::likelihood);
+  EXPECT_EQ(resolve_fold_in_method(fit.profiles, FoldInMethod::estep), FoldInMethod::estep);
   InferOptions automatic;
   automatic.show_progress = false;
   auto by_likelihood = infer_profiles(g_world->inputs(), fit.profiles, options, history, users, automatic);

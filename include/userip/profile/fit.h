@@ -230,6 +230,8 @@ enum class FoldInMethod {
 };
 std::string to_string(FoldInMethod method);
 FoldInMethod fold_in_method_from_string(std::string_view name);
+// The method a fold-in into `fitted` runs: `requested`, with automatic resolved (never automatic).
+FoldInMethod resolve_fold_in_method(const Profiles& fitted, FoldInMethod requested);
 
 struct InferOptions {
   int rounds = 0;            // E-step rounds; 0 = the fit's number of rounds
