@@ -20,7 +20,9 @@ TEST(Batching, NoBatchPadsBeyondItsLongestAndLimitsHold) {
       seen[i]++;
     }
     EXPECT_LE(static_cast<std::int64_t>(batch.size()), options.max_sequences);
-    if (batch.size() > 1) EXPECT_LE(longest * static_cast<std::int64_t>(batch.size()), options.max_tokens);
+    if (batch.size() > 1) {
+      EXPECT_LE(longest * static_cast<std::int64_t>(batch.size()), options.max_tokens);
+    }
   }
   for (int count : seen) EXPECT_EQ(count, 1);
   // Sorted greedy buckets {5,6,7} {8,12,38} {39,40} {41} {100} pad 3 + 56 + 1 = 60 tokens; the
