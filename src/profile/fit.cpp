@@ -219,11 +219,9 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     }
   }
   // log.jsonl is rewritten from the rounds' records, which the checkpoint carries in full.
-  std::vector<nlohmann::json> log_records;
-  for (const auto& r : result.log) log_records.push_back(r.to_json(attributes));
-  auto write_log_records = [&] {
+  auto write_log = [&] {
     std::string text;
-    for (const auto& r : log_records) text += r.dump() + "\n";
+    for (const auto& r : result.log) text += r.to_json(attributes).dump() + "\n";
     write_file_atomic(out / "log.jsonl", text);
   };
 
@@ -540,8 +538,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     log.moves = std::move(round_moves);
     log.seconds = elapsed();
     result.log.push_back(log);
-    log_records.push_back(log.to_json(attributes));
-    write_log_records();
+    write_log();
     spdlog::info("round {}/{}{}: λ {:.3g}, train NLL/token {:.4f}, valid {:.4f}{}", round + 1, total_rounds,
                  refining ? " (refinement by likelihood)" : "", lambda,
                  log.train_nll, log.valid_nll,

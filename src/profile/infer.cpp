@@ -47,9 +47,13 @@ FoldInMethod fold_in_method_from_string(std::string_view name) {
   return enum_from_name(kFoldInMethodNames, name, "fold-in method");
 }
 
+namespace {
+bool has_one_level_codes(const Profiles& fitted) { return fitted.has_codes() && fitted.codes.size(2) == 1; }
+}  // namespace
+
 FoldInMethod resolve_fold_in_method(const Profiles& fitted, FoldInMethod requested) {
   if (requested != FoldInMethod::automatic) return requested;
-  return fitted.has_codes() && fitted.codes.size(2) == 1 ? FoldInMethod::likelihood : FoldInMethod::estep;
+  return has_one_level_codes(fitted) ? FoldInMethod::likelihood : FoldInMethod::estep;
 }
 
 NllComparison evaluate_profiles(const FitInputs& in, const Profiles& profiles, const FitOptions& requested,
@@ -119,7 +123,7 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   result.attribute_offset = fitted.attribute_offset;
   result.codebooks = fitted.codebooks;
   if (resolve_fold_in_method(fitted, options.method) == FoldInMethod::likelihood) {
-    USERIP_CHECK(fitted.has_codes() && fitted.codes.size(2) == 1,
+    USERIP_CHECK(has_one_level_codes(fitted),
                  "fold-in by likelihood needs a fit with codebooks of one level (this one has {})",
                  fitted.has_codes() ? fmt::format("{} levels", fitted.codes.size(2)) : std::string("none"));
     // The λ → ∞ limit of the fit's objective: a new user takes the codes under which the LM finds its

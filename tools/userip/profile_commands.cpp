@@ -285,11 +285,13 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "estep: E-steps from the mean profile, the prior annealed as in the fit, codes by distance; "
                     "likelihood: the codes under which the LM finds the user's whole cold history likeliest "
                     "(codebooks of one level); auto: likelihood when the fit has codebooks of one level, else estep")
-        ->check(CLI::IsMember({"auto", "estep", "likelihood"}))
         ->capture_default_str();
     cmd->add_option("--out", *out, "Output directory for the new users' profiles and codes")->required();
     cmd->add_option("--bank", *bank, "Also publish the new users' codes as a feature bank here");
     on_run(cmd, [dir, dataset, model, users, rounds, method, out, bank] {
+      profile::InferOptions options;
+      options.rounds = *rounds;
+      options.method = profile::fold_in_method_from_string(*method);
       auto f = load_fit_dir(*dir, *dataset, *model);
       const auto history = f.dataset.view({data::SplitPart::cold_history});
       std::vector<std::uint32_t> chosen;
@@ -303,9 +305,6 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
           chosen.push_back(*u);
         }
       }
-      profile::InferOptions options;
-      options.rounds = *rounds;
-      options.method = profile::fold_in_method_from_string(*method);
       const auto folded = profile::fold_in_cold_users(f, *dir, chosen, options, *out);
       if (folded.reused) {
         std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());

@@ -218,8 +218,6 @@ torch::Tensor initial_soft_tokens(const FitInputs& in, const torch::Tensor& othe
 // running checkpoint/. Resumes from out/checkpoint when it matches the inputs and options.
 FitResult fit_profiles(const FitInputs& inputs, const FitOptions& options, const std::filesystem::path& out);
 
-// Fold-in, LM and codebooks frozen, for users of `history` that the fit did not see (e.g. the cold
-// users' cold_history part), by the method of InferOptions (below).
 // How fold-in gives a new user its profile.
 enum class FoldInMethod {
   automatic,   // likelihood when the fit has codebooks of one level, else estep (docs/RESULTS.md: on
@@ -238,6 +236,8 @@ struct InferOptions {
   FoldInMethod method = FoldInMethod::automatic;
   bool show_progress = true;
 };
+// Fold-in, LM and codebooks frozen, for users of `history` that the fit did not see (e.g. the cold
+// users' cold_history part), by options.method.
 Profiles infer_profiles(const FitInputs& inputs, const Profiles& fitted, const FitOptions& fit_options,
                         const data::SplitView& history, const std::vector<std::uint32_t>& users,
                         const InferOptions& options);

@@ -69,8 +69,8 @@ ScoreResult score(const ServingState& state, const ScoreRequest& request, Scorin
 nlohmann::json profile_of(const ServingState& state, const std::string& user);
 
 // The fold-in endpoint's engine: one new user's codes from its history with the LM and codebooks
-// frozen, by the rule of `profile infer` (profile::FoldInMethod::automatic). One fold-in runs at a time (it is CPU-bound through the LM);
-// others wait their turn.
+// frozen, by the rule of `profile infer` (profile::FoldInMethod::automatic). One fold-in runs at a
+// time (it is CPU-bound through the LM); others wait their turn.
 class FoldIn {
  public:
   FoldIn(const std::filesystem::path& profile_dir, const profile::SessionOptions& options, int rounds);
