@@ -1,10 +1,11 @@
-// Micro-benchmarks of CTR training: one DCN step (forward + BCE + backward + Adam) on a batch of
-// 512, with ml-latest-small's field layout, and the step's parts, to see where a training pass
-// spends its time (docs/BENCHMARKS.md "CTR training throughput").
+// Micro-benchmarks of CTR training: one DCN step (forward + BCE + backward + optimizer) on a batch
+// of 512, with ml-latest-small's field layout or the 20M set's, and the step's parts, to see where a
+// training pass spends its time (docs/BENCHMARKS.md "CTR training throughput"). sparse = 1: lazy
+// Adam on sparse embedding gradients (the default of `ctr train`); 0: dense gradients and Adam over
+// every row (`--embedding-optimizer adam`).
 //   build/bench/ctr_bench [--benchmark_filter=...]     USERIP_BENCH_THREADS=N (default: all cores)
 #include <benchmark/benchmark.h>
 #include <torch/nn/module.h>
-#include <torch/optim/adam.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
@@ -14,6 +15,7 @@
 
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
+#include "userip/ctr/optimizer.h"
 #include "userip/util/log.h"
 #include "userip/lm/threads.h"
 
@@ -74,15 +76,15 @@ Examples random_examples(const FieldLayout& layout, std::int64_t rows) {
   return ex;
 }
 
-// The model and optimizer as ctr::train builds them: Adam, weight decay on the embedding only.
+// The model and optimizer as ctr::train builds them: weight decay on the embedding only.
 struct Setup {
   FieldLayout layout;
   Examples examples;
   std::shared_ptr<CtrModel> model;
-  std::unique_ptr<torch::optim::Adam> optimizer;
+  std::unique_ptr<CtrOptimizer> optimizer;
   FeatureBatch batch;
 
-  explicit Setup(bool large = false)
+  Setup(bool large, bool sparse)
       : layout(large ? large_layout() : movielens_layout()), examples(random_examples(layout, kRows)) {
     torch::manual_seed(42);
     model = make_model(ModelConfig{}, layout);  // dcn, k = 8, 3 cross layers, MLP 16-16, dropout 0.2
@@ -91,10 +93,11 @@ struct Setup {
     for (const auto& p : model->parameters()) {
       if (!p.is_same(embedding.front())) others.push_back(p);
     }
-    std::vector<torch::optim::OptimizerParamGroup> groups;
-    groups.emplace_back(embedding, std::make_unique<torch::optim::AdamOptions>(torch::optim::AdamOptions(1e-3).weight_decay(1e-6)));
-    groups.emplace_back(others, std::make_unique<torch::optim::AdamOptions>(1e-3));
-    optimizer = std::make_unique<torch::optim::Adam>(groups, torch::optim::AdamOptions(1e-3));
+    OptimizerSettings settings;
+    settings.embedding = sparse ? EmbeddingOptimizer::lazy_adam : EmbeddingOptimizer::adam;
+    settings.embedding_l2 = 1e-6;
+    model->set_sparse_gradients(uses_sparse_gradients(settings.embedding));
+    optimizer = std::make_unique<CtrOptimizer>(embedding, others, settings);
     batch = examples.batch(0, kBatch, torch::kCPU);
   }
 
@@ -112,8 +115,9 @@ struct Setup {
 // aten1 = 1: ATen's pool single-threaded for the step while OpenBLAS keeps its threads
 // (ScopedSingleThreadedAten, the LM loops' policy); 0: both pools at the configured count, which is
 // what `ctr train` runs with. The two show how much of a step is thread hand-off, not arithmetic.
+// large = 1: the 20M set's layout.
 void BM_DcnTrainStep(benchmark::State& state) {
-  Setup s;
+  Setup s(state.range(2) == 1, state.range(3) == 1);
   const bool gather = state.range(0) == 1;
   userip::ScopedSingleThreadedAten single_aten(state.range(1) == 1);
   const torch::Tensor order = torch::randperm(kRows, torch::kLong);
@@ -128,11 +132,16 @@ void BM_DcnTrainStep(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
 }
-BENCHMARK(BM_DcnTrainStep)->ArgNames({"gather", "aten1"})->ArgsProduct({{0, 1}, {0, 1}})->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(3);
+BENCHMARK(BM_DcnTrainStep)
+    ->ArgNames({"gather", "aten1", "large", "sparse"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MinTime(2);
 
 // The parts of a step, each alone: the gather, the forward pass, forward + backward, the Adam update.
 void BM_DcnGather(benchmark::State& state) {
-  Setup s;
+  Setup s(false, true);
   const torch::Tensor order = torch::randperm(kRows, torch::kLong);
   std::int64_t at = 0;
   for (auto _ : state) {
@@ -145,7 +154,7 @@ void BM_DcnGather(benchmark::State& state) {
 BENCHMARK(BM_DcnGather)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
 
 void BM_DcnForward(benchmark::State& state) {
-  Setup s;
+  Setup s(false, true);
   for (auto _ : state) {
     torch::Tensor loss = torch::binary_cross_entropy_with_logits(s.model->forward(s.batch), s.batch.label);
     benchmark::DoNotOptimize(loss.item<double>());
@@ -155,7 +164,7 @@ void BM_DcnForward(benchmark::State& state) {
 BENCHMARK(BM_DcnForward)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
 
 void BM_DcnForwardBackward(benchmark::State& state) {
-  Setup s;
+  Setup s(state.range(0) == 1, state.range(1) == 1);
   for (auto _ : state) {
     s.optimizer->zero_grad();
     torch::Tensor loss = torch::binary_cross_entropy_with_logits(s.model->forward(s.batch), s.batch.label);
@@ -164,18 +173,28 @@ void BM_DcnForwardBackward(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * kBatch);
 }
-BENCHMARK(BM_DcnForwardBackward)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
+BENCHMARK(BM_DcnForwardBackward)
+    ->ArgNames({"large", "sparse"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MinTime(1);
 
-// Adam over every parameter; the [V, 8] embedding's gradient is dense (nn::Embedding without
-// sparse), so each step updates all V rows, not only the batch's. large = 1: the 20M set's layout.
+// The optimizer step alone. With dense gradients Adam updates all V rows of the [V, 8] embedding
+// each step; lazy Adam only the batch's rows. large = 1: the 20M set's layout.
 void BM_DcnAdamStep(benchmark::State& state) {
-  Setup s(state.range(0) == 1);
+  Setup s(state.range(0) == 1, state.range(1) == 1);
   s.step(s.batch);  // gradients and Adam state exist from here on
   for (auto _ : state) s.optimizer->step();
   state.SetItemsProcessed(state.iterations() * kBatch);
   state.counters["embedding_rows"] = static_cast<double>(s.layout.vocabulary_size());
 }
-BENCHMARK(BM_DcnAdamStep)->ArgName("large")->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(1);
+BENCHMARK(BM_DcnAdamStep)
+    ->ArgNames({"large", "sparse"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime()
+    ->MinTime(1);
 
 }  // namespace
 

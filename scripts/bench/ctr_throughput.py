@@ -182,9 +182,10 @@ class Cross(torch.nn.Module):
 class Dcn(torch.nn.Module):
     # Parameter names follow the C++ model (embedding.weight, cross.<l>.*, mlp.<i>.*, output.*), so
     # the C++ checkpoint loads with strict=True for the verification.
-    def __init__(self, vocabulary, fields, has_multi, k=8, mlp=(16, 16), cross_layers=3, dropout=0.2):
+    def __init__(self, vocabulary, fields, has_multi, k=8, mlp=(16, 16), cross_layers=3, dropout=0.2,
+                 sparse=False):
         super().__init__()
-        self.embedding = torch.nn.Embedding(vocabulary, k)
+        self.embedding = torch.nn.Embedding(vocabulary, k, sparse=sparse)
         torch.nn.init.normal_(self.embedding.weight, 0.0, 0.01)
         d = fields * k
         self.cross = torch.nn.ModuleList([Cross(d) for _ in range(cross_layers)])
@@ -193,12 +194,16 @@ class Dcn(torch.nn.Module):
         self.output = torch.nn.Linear(d + (mlp[-1] if mlp else 0), 1)
         self.dropout = dropout
         self.has_multi = has_multi
+        self.sparse = sparse
 
     def forward(self, categorical, multi_index, multi_weight):
         parts = [self.embedding(categorical)]
         if self.has_multi:
-            values = self.embedding(multi_index)
-            parts.append((values * multi_weight.unsqueeze(-1)).sum(2))
+            # One summed bag per example and field, weighted by multi_weight: as the C++ model does.
+            b, m, width = multi_index.shape
+            pooled = F.embedding_bag(multi_index.reshape(b * m, width), self.embedding.weight, mode="sum",
+                                     sparse=self.sparse, per_sample_weights=multi_weight.reshape(b * m, width))
+            parts.append(pooled.view(b, m, -1))
         x0 = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).flatten(1)
         x = x0
         for layer in self.cross:
@@ -253,6 +258,10 @@ def main():
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--optimizer", choices=["adam", "sparse_adam"], default="sparse_adam",
+                   help="sparse_adam: sparse embedding gradients with torch.optim.SparseAdam on the table and Adam on "
+                        "the rest (SparseAdam has no weight decay); adam: dense gradients and one Adam, weight decay "
+                        "1e-6 on the table (the C++ side's --embedding-optimizer adam)")
     p.add_argument("--verify-userip", help="userip binary: compare scores with `userip ctr predict`")
     p.add_argument("--verify-model", help="the C++ run's model directory (with --verify-userip)")
     p.add_argument("--verify-pairs", type=int, default=2000)
@@ -288,10 +297,14 @@ def main():
     layout = encoder.layout
     vocabulary = sum(f["size"] for f in layout["categorical"] + layout["multi_hot"])
     fields = len(layout["categorical"]) + len(layout["multi_hot"])
-    model = Dcn(vocabulary, fields, bool(layout["multi_hot"]))
+    sparse = args.optimizer == "sparse_adam"
+    model = Dcn(vocabulary, fields, bool(layout["multi_hot"]), sparse=sparse)
     embeddings = [model.embedding.weight]
     others = [p for name, p in model.named_parameters() if name != "embedding.weight"]
-    optimizer = torch.optim.Adam([{"params": embeddings, "weight_decay": 1e-6}, {"params": others}], lr=1e-3)
+    if sparse:
+        optimizers = [torch.optim.SparseAdam(embeddings, lr=1e-3), torch.optim.Adam(others, lr=1e-3)]
+    else:
+        optimizers = [torch.optim.Adam([{"params": embeddings, "weight_decay": 1e-6}, {"params": others}], lr=1e-3)]
 
     batches = (n + args.batch_size - 1) // args.batch_size
     epochs, train_seconds = [], 0.0
@@ -308,10 +321,12 @@ def main():
             batch_mi = multi_index.index_select(0, rows).long()
             batch_mw = multi_weight.index_select(0, rows)
             batch_label = labels.index_select(0, rows)
-            optimizer.zero_grad()
+            for optimizer in optimizers:
+                optimizer.zero_grad()
             loss = F.binary_cross_entropy_with_logits(model(batch_cat, batch_mi, batch_mw), batch_label)
             loss.backward()
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
             value = loss.item()
             if not np.isfinite(value):
                 sys.exit(f"error: the loss became {value} at epoch {epoch}, batch {b + 1}")
@@ -331,6 +346,7 @@ def main():
         "interop_threads": torch.get_num_interop_threads(),
         "blas_threads": blas_threads,
         "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
         "train_rows": n,
         "epochs": epochs,
         "load_and_encode_seconds": load_seconds,

@@ -4,7 +4,10 @@
 # back to back in one invocation so that both see the same machine state. Results: docs/BENCHMARKS.md.
 #
 #   scripts/bench/ctr_throughput.sh [--threads T] [--epochs E] [--repeats R] [--out DIR] [--userip PATH]
-#                                   [--no-verify] DATASET...
+#                                   [--optimizer sparse|dense] [--no-verify] DATASET...
+#
+# --optimizer sparse (default): C++ `--embedding-optimizer lazy_adam` against Python's sparse embedding
+# with torch.optim.SparseAdam on it and Adam on the rest; dense: Adam over every row on both sides.
 #
 # USERIP or --userip (default build/bin/userip) is the CLI to measure; PYTHON (default /usr/bin/python3, Debian's
 # interpreter where python3-torch lives; a pyenv `python3` on PATH has no torch) runs the Python side.
@@ -19,10 +22,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 USERIP="${USERIP:-$root/build/bin/userip}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
-threads=2 epochs=1 repeats=1 out=/tmp/userip-ctr-bench verify=1
+threads=2 epochs=1 repeats=1 out=/tmp/userip-ctr-bench verify=1 optimizer=sparse
 datasets=()
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --threads) threads="$2"; shift 2 ;;
@@ -30,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     --repeats) repeats="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     --userip) USERIP="$2"; shift 2 ;;
+    --optimizer) optimizer="$2"; shift 2 ;;
     --no-verify) verify=0; shift ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "error: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -37,6 +41,11 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ ${#datasets[@]} -gt 0 ]] || { usage >&2; exit 2; }
+case "$optimizer" in
+  sparse) cpp_optimizer=lazy_adam py_optimizer=sparse_adam ;;
+  dense) cpp_optimizer=adam py_optimizer=adam ;;
+  *) echo "error: --optimizer must be sparse or dense, got $optimizer" >&2; exit 2 ;;
+esac
 [[ -x "$USERIP" ]] || { echo "error: $USERIP is not built (ninja -C build userip_cli, or set USERIP)" >&2; exit 1; }
 "$PYTHON" -c 'import torch' 2>/dev/null || { echo "error: $PYTHON has no torch (apt-get install python3-torch)" >&2; exit 1; }
 mkdir -p "$out"
@@ -48,7 +57,7 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 field() { "$PYTHON" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])[sys.argv[2]])' "$1" "$2"; }
 
 echo "userip: $USERIP   python: $PYTHON (torch $("$PYTHON" -c 'import torch;print(torch.__version__)'))"
-echo "threads $threads, epochs $epochs, batch 512, repeats $repeats, $(nproc) cores"
+echo "threads $threads, epochs $epochs, batch 512, repeats $repeats, $(nproc) cores, embedding optimizer: C++ $cpp_optimizer, Python $py_optimizer"
 for dataset in "${datasets[@]}"; do
   [[ -f "$dataset/split.json" ]] || { echo "error: $dataset has no split (userip data split --dataset $dataset)" >&2; exit 1; }
   tag="$(basename "$(dirname "$(realpath "$dataset")")")-$(basename "$(realpath "$dataset")")"
@@ -58,6 +67,7 @@ for dataset in "${datasets[@]}"; do
     load_before=$(load1)
     /usr/bin/time -f %M -o "$run/cpp.maxrss_kib" \
       "$USERIP" --threads "$threads" ctr train --dataset "$dataset" --out "$run/model" --kind dcn --epochs "$epochs" \
+      --embedding-optimizer "$cpp_optimizer" \
       > "$run/cpp.json" 2> "$run/cpp.log"
     cpp_sps=$(field "$run/cpp.json" samples_per_second)
     # Early stopping may end the C++ run before --epochs; Python then runs as many epochs.
@@ -67,14 +77,14 @@ for dataset in "${datasets[@]}"; do
     if [[ $verify -eq 1 && $r -eq 1 ]]; then verify_args=(--verify-userip "$USERIP" --verify-model "$run/model"); fi
     OPENBLAS_NUM_THREADS="$threads" /usr/bin/time -f %M -o "$run/py.maxrss_kib" \
       "$PYTHON" "$here/ctr_throughput.py" --dataset "$dataset" --features "$run/model/features.json" \
-      --threads "$threads" --epochs "$cpp_epochs" "${verify_args[@]}" > "$run/py.json" 2> "$run/py.log"
+      --threads "$threads" --epochs "$cpp_epochs" --optimizer "$py_optimizer" "${verify_args[@]}" > "$run/py.json" 2> "$run/py.log"
     py_sps=$(field "$run/py.json" samples_per_second)
     rows=$(field "$run/py.json" train_rows)
     load_after=$(load1)
     "$PYTHON" - "$results" <<EOF
 import json, sys
 py = json.loads(open("$run/py.json").read().strip().splitlines()[-1])
-row = {"dataset": "$dataset", "repeat": $r, "threads": $threads, "epochs": $cpp_epochs, "train_rows": $rows,
+row = {"dataset": "$dataset", "repeat": $r, "optimizer": "$optimizer", "threads": $threads, "epochs": $cpp_epochs, "train_rows": $rows,
        "cpp_samples_per_second": $cpp_sps, "python_samples_per_second": $py_sps,
        "ratio_cpp_over_python": $cpp_sps / $py_sps,
        "cpp_epoch_samples_per_second": [json.loads(l)["samples_per_second"] for l in open("$run/model/log.jsonl")],

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "userip/ctr/fused_layers.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 
@@ -55,7 +56,7 @@ struct Mlp {
   }
 
   torch::Tensor forward(torch::Tensor x, double dropout, bool training) {
-    for (auto& layer : layers) x = torch::dropout(torch::relu(layer->forward(x)), dropout, training);
+    for (auto& layer : layers) x = ctr::inverted_dropout(torch::relu(layer->forward(x)), dropout, training);
     return x;
   }
 };
@@ -80,6 +81,7 @@ class FieldModel : public CtrModel {
     if (linear_) tables.push_back(linear_->weight);
     return tables;
   }
+  void set_sparse_gradients(bool sparse) override { sparse_gradients_ = sparse; }
 
  protected:
   FieldModel(const ModelConfig& config, const FieldLayout& layout)
@@ -141,7 +143,8 @@ class FieldModel : public CtrModel {
   // [B, n, k]: categorical fields, then multi-hot fields, then the dense field.
   torch::Tensor embed(const FeatureBatch& batch) {
     check_batch(batch);
-    auto parts = lookup_fields(embedding_, batch);
+    std::vector<torch::Tensor> parts;
+    if (vocabulary_ > 0) parts.push_back(lookup_fields(embedding_, batch));
     if (dense_projection_) parts.push_back(dense_projection_->forward(batch.dense).unsqueeze(1));
     return parts.size() == 1 ? parts.front() : torch::cat(parts, 1);
   }
@@ -151,7 +154,7 @@ class FieldModel : public CtrModel {
   torch::Tensor first_order(const FeatureBatch& batch) {
     check_batch(batch);
     auto logit = bias_.expand({batch.size()});
-    for (const auto& part : lookup_fields(linear_, batch)) logit = logit + part.sum({1, 2});
+    if (vocabulary_ > 0) logit = logit + lookup_fields(linear_, batch).sum({1, 2});
     if (linear_dense_) logit = logit + linear_dense_->forward(batch.dense).squeeze(1);
     return logit;
   }
@@ -159,17 +162,8 @@ class FieldModel : public CtrModel {
   ModelConfig config_;
 
  private:
-  // The rows of `table` for the categorical fields [B, F, w] and the pooled rows of the multi-hot
-  // fields [B, M, w] (sum of rows × multi_weight, so padding with weight 0 adds nothing); an
-  // absent kind of field contributes no part.
-  std::vector<torch::Tensor> lookup_fields(torch::nn::Embedding& table, const FeatureBatch& batch) const {
-    std::vector<torch::Tensor> parts;
-    if (categorical_fields_ > 0) parts.push_back(table->forward(batch.categorical));
-    if (multi_fields_ > 0) {
-      auto values = table->forward(batch.multi_index);  // [B, M, max_values, w]
-      parts.push_back((values * batch.multi_weight.unsqueeze(-1).to(values.dtype())).sum(2));
-    }
-    return parts;
+  torch::Tensor lookup_fields(torch::nn::Embedding& table, const FeatureBatch& batch) const {
+    return ctr::lookup_fields(table->weight, batch, categorical_fields_, multi_fields_, sparse_gradients_);
   }
 
   std::int64_t categorical_fields_;
@@ -184,6 +178,7 @@ class FieldModel : public CtrModel {
   torch::nn::Embedding linear_{nullptr};
   torch::nn::Linear linear_dense_{nullptr};
   torch::Tensor bias_;
+  bool sparse_gradients_ = false;
 };
 
 // 0.5 · Σ_k ((Σ_i v_ik)^2 - Σ_i v_ik^2) = Σ_{i<j} <v_i, v_j>, in O(n k) (Rendle 2010). [B, n, k] -> [B]
@@ -235,17 +230,15 @@ class DeepFmModel : public FieldModel {
   torch::nn::Linear output_{nullptr};
 };
 
-// One cross layer of DCN (Wang et al. 2017): x_{l+1} = x0 · (x_l · w) + b + x_l, with w and b
-// vectors of the flattened embedding's size d. Parameters "weight" [d] and "bias" [d].
+// The parameters of one cross layer of DCN (Wang et al. 2017): x_{l+1} = x0 · (x_l · w) + b + x_l,
+// with w and b vectors of the flattened embedding's size d: "weight" [d] and "bias" [d]. The layers
+// run together as vector_cross_network (fused_layers.h).
 class VectorCrossImpl : public torch::nn::Module {
  public:
   explicit VectorCrossImpl(std::int64_t size) {
     // Xavier-normal for a d × 1 kernel, zero bias, as DCN implementations commonly start.
     weight = register_parameter("weight", torch::randn({size}) * std::sqrt(2.0 / static_cast<double>(size + 1)));
     bias = register_parameter("bias", torch::zeros({size}));
-  }
-  torch::Tensor forward(const torch::Tensor& x0, const torch::Tensor& x) {
-    return x0 * x.matmul(weight).unsqueeze(1) + bias + x;
   }
   torch::Tensor weight;
   torch::Tensor bias;
@@ -286,7 +279,14 @@ class DcnModel : public FieldModel {
   torch::Tensor forward(const FeatureBatch& batch) override {
     const auto x0 = embed(batch).flatten(1);
     auto x = x0;
-    for (const auto& layer : vector_cross_) x = layer->forward(x0, x);
+    if (!vector_cross_.empty()) {
+      std::vector<torch::Tensor> weights, biases;
+      for (const auto& layer : vector_cross_) {
+        weights.push_back(layer->weight);
+        biases.push_back(layer->bias);
+      }
+      x = vector_cross_network(x0, weights, biases);
+    }
     for (auto& layer : matrix_cross_) x = x0 * layer->forward(x) + x;
     auto combined = x;
     if (!config_.mlp.empty()) combined = torch::cat({x, mlp_.forward(x0, config_.dropout, is_training())}, 1);

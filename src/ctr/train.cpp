@@ -1,7 +1,6 @@
 #include "userip/ctr/train.h"
 
 #include <torch/nn/module.h>
-#include <torch/optim/adam.h>
 #include <torch/types.h>
 #include <torch/utils.h>
 
@@ -27,6 +26,9 @@ void TrainConfig::validate() const {
   USERIP_CHECK(learning_rate > 0 && std::isfinite(learning_rate), "train: learning_rate must be positive, got {}",
                learning_rate);
   USERIP_CHECK(l2 >= 0 && std::isfinite(l2), "train: l2 must be >= 0, got {}", l2);
+  USERIP_CHECK(!embedding_learning_rate || (*embedding_learning_rate > 0 && std::isfinite(*embedding_learning_rate)),
+               "train: embedding_learning_rate must be positive (or null: learning_rate), got {}",
+               embedding_learning_rate.value_or(0));
   USERIP_CHECK(batch_size >= 1, "train: batch_size must be at least 1, got {}", batch_size);
   USERIP_CHECK(max_epochs >= 1, "train: max_epochs must be at least 1, got {}", max_epochs);
   USERIP_CHECK(patience >= 1, "train: patience must be at least 1, got {}", patience);
@@ -34,9 +36,24 @@ void TrainConfig::validate() const {
 }
 
 json TrainConfig::to_json() const {
-  return {{"learning_rate", learning_rate}, {"l2", l2},           {"batch_size", batch_size},
-          {"max_epochs", max_epochs},       {"patience", patience}, {"plateau_decay", plateau_decay},
+  return {{"learning_rate", learning_rate},
+          {"l2", l2},
+          {"embedding_optimizer", to_string(embedding_optimizer)},
+          {"embedding_learning_rate", embedding_learning_rate ? json(*embedding_learning_rate) : json(nullptr)},
+          {"batch_size", batch_size},
+          {"max_epochs", max_epochs},
+          {"patience", patience},
+          {"plateau_decay", plateau_decay},
           {"seed", seed}};
+}
+
+OptimizerSettings TrainConfig::optimizer_settings() const {
+  OptimizerSettings s;
+  s.embedding = embedding_optimizer;
+  s.learning_rate = learning_rate;
+  s.embedding_learning_rate = embedding_learning_rate.value_or(learning_rate);
+  s.embedding_l2 = l2;
+  return s;
 }
 
 TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& defaults) {
@@ -44,6 +61,20 @@ TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& defaults) {
   JsonFields fields(j, "train");
   fields.read("learning_rate", c.learning_rate);
   fields.read("l2", c.l2);
+  std::string optimizer;
+  if (fields.read("embedding_optimizer", optimizer)) {
+    try {
+      c.embedding_optimizer = embedding_optimizer_from_string(optimizer);
+    } catch (const Error& e) {
+      fail("train: \"embedding_optimizer\": {}", e.what());
+    }
+  }
+  if (fields.has("embedding_learning_rate") && fields.get("embedding_learning_rate").is_null()) {
+    c.embedding_learning_rate.reset();
+  } else {
+    double rate = 0;
+    if (fields.read("embedding_learning_rate", rate)) c.embedding_learning_rate = rate;
+  }
   fields.read("batch_size", c.batch_size);
   fields.read("max_epochs", c.max_epochs);
   fields.read("patience", c.patience);
@@ -155,13 +186,13 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
   for (const auto& p : model.parameters()) {
     if (!is_embedding.count(p.unsafeGetTensorImpl())) others.push_back(p);
   }
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(embeddings, std::make_unique<torch::optim::AdamOptions>(
-                                      torch::optim::AdamOptions(config.learning_rate).weight_decay(config.l2)));
-  if (!others.empty()) {
-    groups.emplace_back(others, std::make_unique<torch::optim::AdamOptions>(config.learning_rate));
-  }
-  torch::optim::Adam optimizer(groups, torch::optim::AdamOptions(config.learning_rate));
+  model.set_sparse_gradients(uses_sparse_gradients(config.embedding_optimizer));
+  CtrOptimizer optimizer(embeddings, others, config.optimizer_settings());
+  // The model leaves training as it came: scoring and saving never see the training-only mode.
+  struct DenseAgain {
+    CtrModel& model;
+    ~DenseAgain() { model.set_sparse_gradients(false); }
+  } dense_again{model};
 
   TrainResult result;
   result.best_valid.auc = -1;
@@ -220,9 +251,7 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
     } else {
       if (++epochs_without_gain >= config.patience) break;
       learning_rate *= config.plateau_decay;
-      for (auto& group : optimizer.param_groups()) {
-        static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
-      }
+      optimizer.scale_learning_rates(config.plateau_decay);
     }
   }
   restore(model, best);

@@ -146,6 +146,36 @@ TEST(CtrSettings, BaseAndExperimentOverridesMerge) {
   EXPECT_EQ(experiment_names(config), (std::vector<std::string>{"plain", "wide"}));
 }
 
+TEST(CtrSettings, EmbeddingOptimizerRoundTripsAndDefaultsToLazyAdam) {
+  EXPECT_EQ(TrainConfig().embedding_optimizer, EmbeddingOptimizer::lazy_adam);
+  EXPECT_FALSE(TrainConfig().embedding_learning_rate.has_value());
+  EXPECT_DOUBLE_EQ(TrainConfig().optimizer_settings().embedding_learning_rate, TrainConfig().learning_rate);
+  TrainConfig c;
+  c.embedding_optimizer = EmbeddingOptimizer::adagrad;
+  c.embedding_learning_rate = 0.05;
+  const TrainConfig back = TrainConfig::from_json(c.to_json());
+  EXPECT_EQ(back.embedding_optimizer, EmbeddingOptimizer::adagrad);
+  EXPECT_EQ(back.embedding_learning_rate, 0.05);
+  EXPECT_DOUBLE_EQ(back.optimizer_settings().embedding_learning_rate, 0.05);
+  // null means "as learning_rate", and a record written before the key existed reads as the default.
+  EXPECT_FALSE(TrainConfig::from_json(TrainConfig().to_json()).embedding_learning_rate.has_value());
+  EXPECT_EQ(TrainConfig::from_json(nlohmann::json{{"learning_rate", 0.01}}).embedding_optimizer,
+            EmbeddingOptimizer::lazy_adam);
+}
+
+// Every embedding optimizer trains: FM on the preference world beats the floor that
+// EveryModelLearnsThePreferenceWorld sets for it (Adagrad with its usual 10× learning rate).
+TEST(CtrTrain, EveryEmbeddingOptimizerLearns) {
+  for (auto kind : {EmbeddingOptimizer::adam, EmbeddingOptimizer::lazy_adam, EmbeddingOptimizer::adagrad}) {
+    CtrSettings settings = quick_settings(ModelKind::fm);
+    settings.train.max_epochs = 12;
+    settings.train.embedding_optimizer = kind;
+    if (kind == EmbeddingOptimizer::adagrad) settings.train.embedding_learning_rate = 0.2;
+    const TrainedModel t = train_on_dataset(world(), settings, {}, quiet());
+    EXPECT_GT(t.test.auc, 0.72) << to_string(kind);
+  }
+}
+
 TEST(CtrSettings, BadValuesNameFileSectionAndKey) {
   auto parse = [](const char* text) { return nlohmann::json::parse(text); };
   expect_error([&] { settings_for(parse(R"({"base": {"train": {"batch_size": 0}}})"), "", "c.json"); },
@@ -158,6 +188,10 @@ TEST(CtrSettings, BadValuesNameFileSectionAndKey) {
   expect_error([&] { settings_for(parse(R"({"bsae": {}})"), "", "c.json"); }, {"c.json", "bsae"});
   expect_error([&] { settings_for(parse(R"({"base": {"model": {"kind": "xgboost"}}})"), "", "c.json"); },
                {"c.json", "xgboost"});
+  expect_error([&] { settings_for(parse(R"({"base": {"train": {"embedding_optimizer": "sgd"}}})"), "", "c.json"); },
+               {"c.json", "embedding_optimizer", "sgd", "lazy_adam"});
+  expect_error([&] { settings_for(parse(R"({"base": {"train": {"embedding_learning_rate": -1}}})"), "", "c.json"); },
+               {"c.json", "embedding_learning_rate"});
   expect_error([&] { CompareConfig::from_json(parse(R"({"seeds": 0})"), {}); }, {"seeds"});
   expect_error([&] { CompareConfig::from_json(parse(R"({"variants": ["base", "llm"]})"), {}); }, {"llm"});
 }

@@ -54,7 +54,7 @@ void write_scores(const std::filesystem::path& path, const std::vector<std::stri
 
 struct TrainCommand {
   std::filesystem::path dataset, out, config;
-  std::string experiment, kind, profile_input, device = "cpu";
+  std::string experiment, kind, profile_input, embedding_optimizer, device = "cpu";
   ProfileSourceOptions sources;
   std::uint64_t seed = 42;
   int epochs = 0;
@@ -69,6 +69,9 @@ struct TrainCommand {
     }
     if (!kind.empty()) settings.model.kind = ctr::model_kind_from_string(kind);
     if (epochs > 0) settings.train.max_epochs = epochs;
+    if (!embedding_optimizer.empty()) {
+      settings.train.embedding_optimizer = ctr::embedding_optimizer_from_string(embedding_optimizer);
+    }
     settings.train.seed = seed;
     // The profile input follows what was given unless the configuration or --profile-input says.
     if (!profile_input.empty()) {
@@ -224,6 +227,10 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
     add_profile_source_options(cmd, o->sources);
     cmd->add_option("--epochs", o->epochs, "Maximum epochs (overrides the configuration; 0 = keep)")
         ->check(CLI::NonNegativeNumber);
+    cmd->add_option("--embedding-optimizer", o->embedding_optimizer,
+                    "How the embedding tables learn: lazy_adam (default: only the batch's rows, a step's cost "
+                    "independent of the vocabulary), adam (every row every step) or adagrad (row-wise; set "
+                    "train.embedding_learning_rate in the configuration); overrides the configuration");
     cmd->add_option("--seed", o->seed, "Seed of initialisation, shuffling and dropout")->capture_default_str();
     cmd->add_option("--device", o->device, "cpu or cuda[:N]")->capture_default_str();
     on_run(cmd, [o] { o->run(); });

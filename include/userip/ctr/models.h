@@ -41,6 +41,9 @@ class CtrModel : public torch::nn::Module {
   virtual torch::Tensor forward(const FeatureBatch& batch) = 0;  // logits [B]
   // Parameters that weight decay (L2) applies to: the embedding tables.
   virtual std::vector<torch::Tensor> embedding_parameters() = 0;
+  // Whether the tables' gradients are sparse (only the looked-up rows, for a row-wise optimizer,
+  // ctr/optimizer.h) or dense [V, k]. Off after construction. The forward values are the same.
+  virtual void set_sparse_gradients(bool sparse) = 0;
 };
 
 // Builds the model for the layout, parameters initialised from the current torch seed.

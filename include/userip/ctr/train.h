@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,12 +15,17 @@
 
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
+#include "userip/ctr/optimizer.h"
 
 namespace userip::ctr {
 
 struct TrainConfig {
-  double learning_rate = 1e-3;  // Adam
+  double learning_rate = 1e-3;  // Adam of the dense layers (and of the tables, unless set below)
   double l2 = 1e-6;             // weight decay of the embedding tables only
+  // How the tables are updated (ctr/optimizer.h): lazy Adam touches only the rows of the batch, so
+  // a step's cost does not grow with the vocabulary.
+  EmbeddingOptimizer embedding_optimizer = EmbeddingOptimizer::lazy_adam;
+  std::optional<double> embedding_learning_rate;  // unset: learning_rate
   std::int64_t batch_size = 512;
   int max_epochs = 20;
   int patience = 3;              // epochs without a better validation AUC before stopping
@@ -30,6 +36,7 @@ struct TrainConfig {
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& json, const TrainConfig& defaults);
   static TrainConfig from_json(const nlohmann::json& json) { return from_json(json, TrainConfig()); }
+  OptimizerSettings optimizer_settings() const;
 };
 
 struct Evaluation {
