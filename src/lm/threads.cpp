@@ -13,6 +13,7 @@ namespace userip {
 
 namespace {
 using SetThreadsFn = void (*)(int);
+using GetThreadsFn = int (*)();
 using GetConfigFn = char* (*)();
 }  // namespace
 
@@ -63,6 +64,20 @@ int configure_threads(int threads) {
     set_blas(n);
   }
   return n;
+}
+
+ScopedSingleThreadedBlas::ScopedSingleThreadedBlas(bool active) {
+  if (!active) return;
+  auto get = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  auto set = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (!get || !set) return;
+  saved_ = get();
+  if (saved_ > 1) set(1);
+}
+
+ScopedSingleThreadedBlas::~ScopedSingleThreadedBlas() {
+  if (saved_ <= 1) return;
+  if (auto set = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(saved_);
 }
 
 ScopedSingleThreadedAten::ScopedSingleThreadedAten(bool active) : saved_(active ? at::get_num_threads() : 0) {

@@ -7,6 +7,7 @@
 #include "profile/fit_internal.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <spdlog/spdlog.h>
 #include <torch/autograd.h>
 #include <torch/optim/adam.h>
@@ -22,6 +23,7 @@
 #include <limits>
 #include <numeric>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include "userip/data/export.h"
@@ -101,6 +103,12 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   const FitOptions o = within_context(requested, *in.model);
   USERIP_CHECK(in.dataset && in.model && in.tokenizer && in.profile_template, "fit_profiles: missing inputs");
   in.model->assert_frozen();
+  // The alternating E-step's batches hold disjoint users and read only the frozen LM, so on the CPU
+  // they run `--threads` at a time, each single-threaded (ATen and OpenBLAS), and their results are
+  // summed in batch order: a batch's numbers do not depend on the others running beside it. One
+  // batch with OpenBLAS's two threads used 1.75 CPU-seconds per second for 1.12× the speed of one
+  // thread (docs/BENCHMARKS.md, "Profile fitting").
+  const int estep_workers = o.device.is_cpu() && o.mode == EmMode::alternating ? std::max(1, at::get_num_threads()) : 1;
   ScopedSingleThreadedAten thread_policy(o.device.is_cpu());
   const auto& attributes = in.profile_template->attributes();
   const std::string model_fingerprint = in.model->fingerprint();
@@ -447,11 +455,18 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       auto r = joint ? engine.window_samples(static_cast<std::uint64_t>(round), o.joint_batch)
                      : engine.user_samples(static_cast<std::uint64_t>(round));
       std::size_t first = round == start_round ? start_batch : 0;
-      for (std::size_t b = first; b < r.batches.size(); ++b) {
+      struct BatchOutcome {
+        double nll = 0;
+        std::int64_t labels = 0;
+      };
+      // One batch of the E-step: its users' steps on their own rows of z and of the Adam state.
+      const auto run_batch = [&](std::size_t b) {
         std::vector<const ProfileSample*> members;
         for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
         auto p = engine.prepare(members);
         const int steps = joint ? 1 : o.estep_steps;
+        BatchOutcome outcome;
+        outcome.labels = p.labels;
         for (int s = 0; s < steps; ++s) {
           auto z_local = z.index_select(0, p.user_rows).detach().requires_grad_(true);
           auto nll_rows = engine.row_nll(p, z_local);
@@ -480,22 +495,55 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
                       joint ? o.weight_decay : 0.0);
             if (joint && codebooks_ready) codebook_optimizer->step();
           }
-          if (s == steps - 1) {
-            pass.nll += nll_rows.detach().sum().item<double>();
-            pass.tokens += p.labels;
-          }
+          if (s == steps - 1) outcome.nll = nll_rows.detach().sum().item<double>();
         }
-        result.tokens += p.labels * steps;
-        ++batches_done;
+        return outcome;
+      };
+      const std::size_t group = static_cast<std::size_t>(estep_workers);
+      // Every batch in one thread, whatever the group: a batch's numbers then do not depend on how
+      // many batches run beside it.
+      ScopedSingleThreadedBlas blas_policy(o.device.is_cpu());
+      for (std::size_t b = first; b < r.batches.size(); b += group) {
+        const std::size_t end = std::min(r.batches.size(), b + group);
+        std::vector<BatchOutcome> outcomes(end - b);
+        std::vector<std::exception_ptr> errors(end - b);
+        {
+          std::vector<std::thread> helpers;
+          for (std::size_t k = 1; k < end - b; ++k) {
+            helpers.emplace_back([&, k] {
+              try {
+                // OpenMP's thread count is per thread: a new thread starts at all cores.
+                at::set_num_threads(1);
+                outcomes[k] = run_batch(b + k);
+              } catch (...) {
+                errors[k] = std::current_exception();
+              }
+            });
+          }
+          try {
+            outcomes[0] = run_batch(b);
+          } catch (...) {
+            errors[0] = std::current_exception();
+          }
+          for (auto& h : helpers) h.join();
+        }
+        for (const auto& e : errors)
+          if (e) std::rethrow_exception(e);
+        for (const auto& outcome : outcomes) {
+          pass.nll += outcome.nll;
+          pass.tokens += outcome.labels;
+          result.tokens += outcome.labels * (joint ? 1 : o.estep_steps);
+          ++batches_done;
+        }
         // Users of the round done so far, in proportion to its batches.
         progress.set(static_cast<std::uint64_t>(round) * static_cast<std::uint64_t>(U) +
-                     static_cast<std::uint64_t>(U) * (b + 1) / r.batches.size());
+                     static_cast<std::uint64_t>(U) * end / r.batches.size());
         if (pass.tokens > 0) progress.set_metric(fmt::format("nll {:.3f}", pass.nll / pass.tokens));
         const bool stop = o.stop_after_batches > 0 && batches_done >= o.stop_after_batches;
         const bool due = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_checkpoint).count() >=
                          o.checkpoint_seconds;
-        if ((stop || due) && b + 1 < r.batches.size()) save_checkpoint(round, b + 1, pass);
-        if (stop && b + 1 < r.batches.size()) {
+        if ((stop || due) && end < r.batches.size()) save_checkpoint(round, end, pass);
+        if (stop && end < r.batches.size()) {
           interrupted = true;
           break;
         }

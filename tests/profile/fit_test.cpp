@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <ATen/Parallel.h>
 #include <map>
 #include <set>
 #include <unistd.h>
@@ -85,6 +86,26 @@ TEST_F(ProfileFit, OutputsRoundTripAndARerunReusesThem) {
   auto again = fit_profiles(g_world->inputs(), options, dir.path());
   EXPECT_EQ(fs::last_write_time(dir / "profiles.safetensors"), modified);
   EXPECT_TRUE(torch::equal(again.profiles.codes, result.profiles.codes));
+}
+
+// The E-step runs `--threads` batches at a time (disjoint users, each batch single-threaded); how
+// many run side by side must not change a bit of the fit.
+TEST_F(ProfileFit, TheEStepsParallelBatchesGiveTheSameFitAsOneAtATime) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 2;
+  const int saved = at::get_num_threads();
+  at::set_num_threads(1);
+  auto one_at_a_time = fit_profiles(g_world->inputs(), options, dir / "one");
+  at::set_num_threads(3);
+  auto three_at_a_time = fit_profiles(g_world->inputs(), options, dir / "three");
+  at::set_num_threads(saved);
+  EXPECT_TRUE(torch::equal(one_at_a_time.profiles.vectors, three_at_a_time.profiles.vectors));
+  EXPECT_TRUE(torch::equal(one_at_a_time.profiles.codes, three_at_a_time.profiles.codes));
+  ASSERT_EQ(one_at_a_time.log.size(), three_at_a_time.log.size());
+  for (std::size_t i = 0; i < one_at_a_time.log.size(); ++i) {
+    EXPECT_EQ(one_at_a_time.log[i].train_nll, three_at_a_time.log[i].train_nll) << "round " << i + 1;
+  }
 }
 
 TEST_F(ProfileFit, AnInterruptedFitResumesToTheSameCodes) {

@@ -44,4 +44,19 @@ class ScopedSingleThreadedAten {
   int saved_;
 };
 
+// For the duration of a scope, OpenBLAS runs its GEMMs in the calling thread. Use it where several
+// threads each run their own single-threaded work (the profile fit's parallel E-step): OpenBLAS's
+// own workers would otherwise spin (sched_yield) on the cores those threads need. A no-op where
+// BLAS is not OpenBLAS.
+class ScopedSingleThreadedBlas {
+ public:
+  explicit ScopedSingleThreadedBlas(bool active = true);
+  ~ScopedSingleThreadedBlas();
+  ScopedSingleThreadedBlas(const ScopedSingleThreadedBlas&) = delete;
+  ScopedSingleThreadedBlas& operator=(const ScopedSingleThreadedBlas&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
 }  // namespace userip
