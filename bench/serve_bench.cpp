@@ -3,7 +3,9 @@
 // whole handler, for the DCN with profile codes and the same DCN without them (docs/BENCHMARKS.md
 // "Serving"). The models are trained by scripts/bench/serve_latency.sh (from MovieLens, so they
 // live outside the repository):
-//   USERIP_SERVE_BENCH_DIR=/tmp/userip-serve-bench build/bench/serve_bench
+//   USERIP_SERVE_BENCH_DIR=/tmp/userip-serve-bench [USERIP_SERVE_BENCH_RUN_DIR=runs/main] build/bench/serve_bench
+// USERIP_SERVE_BENCH_RUN_DIR is the main-job run directory whose feature banks the codes model reads
+// (default: runs/movielens in the source tree).
 // Single-threaded, as each request runs in the server.
 #include <benchmark/benchmark.h>
 #include <torch/types.h>
@@ -48,7 +50,8 @@ struct Fixture {
       configure_threads(1);
       Fixture x;
       const auto dir = bench_dir();
-      const auto run = std::filesystem::path(USERIP_BENCH_RUN_DIR);
+      const char* run_dir = std::getenv("USERIP_SERVE_BENCH_RUN_DIR");
+      const auto run = std::filesystem::path(run_dir ? run_dir : USERIP_BENCH_RUN_DIR);
       serve::StateSource s;
       s.model = dir / "codes";
       s.banks = {run / "bank.sqlite", run / "bank-cold.sqlite"};
