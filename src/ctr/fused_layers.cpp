@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "userip/util/error.h"
+#include "userip/util/random.h"
 
 namespace userip::ctr {
 
@@ -246,14 +247,6 @@ torch::Tensor lookup_fields_ops(const torch::Tensor& weight, const FeatureBatch&
   return pooled.view({rows, fields, weight.size(1)});
 }
 
-// SplitMix64 (Steele, Lea and Flood 2014): a fast stream of well-mixed 64-bit values from a seed.
-std::uint64_t splitmix64(std::uint64_t& state) {
-  std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 std::uint64_t draw_seed() {
   auto generator = at::detail::getDefaultCPUGenerator();
   std::lock_guard<std::mutex> lock(generator.mutex());
@@ -289,7 +282,7 @@ torch::Tensor inverted_dropout(const torch::Tensor& x, double p, bool training) 
   float* m = mask.data_ptr<float>();
   const std::int64_t n = mask.numel();
   const float scale = static_cast<float>(1.0 / (1.0 - p));
-  // Keep an element when a uniform 32-bit draw falls below (1 - p) · 2^32.
+  // Keep an element when a uniform 32-bit draw (half of a SplitMix64 output) falls below (1 - p) · 2^32.
   const auto keep_below = static_cast<std::uint64_t>((1.0 - p) * 4294967296.0);
   std::uint64_t state = draw_seed();
   for (std::int64_t i = 0; i < n; i += 2) {

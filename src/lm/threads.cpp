@@ -15,6 +15,11 @@ namespace {
 using SetThreadsFn = void (*)(int);
 using GetThreadsFn = int (*)();
 using GetConfigFn = char* (*)();
+
+// OpenBLAS's thread-count setter, or nullptr where BLAS is not OpenBLAS.
+SetThreadsFn openblas_set_num_threads_fn() {
+  return reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+}
 }  // namespace
 
 int hardware_threads() {
@@ -60,16 +65,14 @@ int configure_threads(int threads) {
     }
     interop_set = true;
   }
-  if (auto set_blas = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
-    set_blas(n);
-  }
+  if (auto set_blas = openblas_set_num_threads_fn()) set_blas(n);
   return n;
 }
 
 ScopedSingleThreadedBlas::ScopedSingleThreadedBlas(bool active) {
   if (!active) return;
   auto get = reinterpret_cast<GetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  auto set = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto set = openblas_set_num_threads_fn();
   if (!get || !set) return;
   saved_ = get();
   if (saved_ > 1) set(1);
@@ -77,7 +80,7 @@ ScopedSingleThreadedBlas::ScopedSingleThreadedBlas(bool active) {
 
 ScopedSingleThreadedBlas::~ScopedSingleThreadedBlas() {
   if (saved_ <= 1) return;
-  if (auto set = reinterpret_cast<SetThreadsFn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) set(saved_);
+  if (auto set = openblas_set_num_threads_fn()) set(saved_);
 }
 
 ScopedSingleThreadedAten::ScopedSingleThreadedAten(bool active) : saved_(active ? at::get_num_threads() : 0) {

@@ -459,12 +459,12 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         double nll = 0;
         std::int64_t labels = 0;
       };
+      const int steps = joint ? 1 : o.estep_steps;
       // One batch of the E-step: its users' steps on their own rows of z and of the Adam state.
       const auto run_batch = [&](std::size_t b) {
         std::vector<const ProfileSample*> members;
         for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
         auto p = engine.prepare(members);
-        const int steps = joint ? 1 : o.estep_steps;
         BatchOutcome outcome;
         outcome.labels = p.labels;
         for (int s = 0; s < steps; ++s) {
@@ -532,7 +532,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         for (const auto& outcome : outcomes) {
           pass.nll += outcome.nll;
           pass.tokens += outcome.labels;
-          result.tokens += outcome.labels * (joint ? 1 : o.estep_steps);
+          result.tokens += outcome.labels * steps;
           ++batches_done;
         }
         // Users of the round done so far, in proportion to its batches.
