@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "userip 0.1.0");
   cli::GlobalOptions global;
-  app.add_option("--threads", global.threads, "Threads for ATen and OpenBLAS (0 = all cores)")
+  app.add_option("--threads", global.threads, "Threads for ATen and OpenBLAS; the profile fit's E-step runs this many batches side by side, each single-threaded (0 = all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--log-level", global.log_level, "trace, debug, info, warn, error or off")
