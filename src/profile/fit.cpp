@@ -23,7 +23,6 @@
 #include <limits>
 #include <numeric>
 #include <set>
-#include <thread>
 #include <unordered_map>
 
 #include "userip/data/export.h"
@@ -108,7 +107,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   // summed in batch order: a batch's numbers do not depend on the others running beside it. One
   // batch with OpenBLAS's two threads used 1.75 CPU-seconds per second for 1.12× the speed of one
   // thread (docs/BENCHMARKS.md, "Profile fitting").
-  const int estep_workers = o.device.is_cpu() && o.mode == EmMode::alternating ? std::max(1, at::get_num_threads()) : 1;
+  const int estep_workers = o.mode == EmMode::alternating ? side_by_side_workers(o) : 1;
   ScopedSingleThreadedAten thread_policy(o.device.is_cpu());
   const auto& attributes = in.profile_template->attributes();
   const std::string model_fingerprint = in.model->fingerprint();
@@ -345,7 +344,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // members first, all codewords are good for their members, and the next rounds' assignments
       // follow what tells the users apart.
       const bool fit_codewords_to_em_codes = round == o.rounds;
-      auto r = engine.user_samples(static_cast<std::uint64_t>(round), false, refine_rows.empty() ? nullptr : &refine_rows);
+      auto r = engine.user_samples(static_cast<std::uint64_t>(round), refine_rows.empty() ? nullptr : &refine_rows);
       // E-step over the round's users (every user unless --refine-users) against the codebook as it
       // stands, then the M-step with those codes held. Assigned batch by batch while the codewords moved (later
       // batches against codewords that earlier ones had already pulled towards their members), codes swing
@@ -446,9 +445,11 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         // The final codes read each user's whole training history, as a fold-in reads a new user's,
         // so that warm and cold users' codes come from the same rule (and from all their evidence,
         // not this round's draw of samples).
-        codes = likelihood_codes_of_histories(engine, codebooks, codes, 1, [&](std::uint64_t users_done) {
-          progress.set_metric(fmt::format("final codes over whole histories: {}/{} users", users_done, U));
-        });
+        codes = likelihood_codes_of_histories(engine, codebooks, codes, 1, estep_workers,
+                                              [&](std::uint64_t done, std::uint64_t total) {
+                                                progress.set_metric(fmt::format(
+                                                    "final codes over whole histories: {}/{} batch passes", done, total));
+                                              });
       }
       z = engine.compose(codebooks, codes).contiguous();
     } else if (fit_vectors) {
@@ -506,29 +507,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       for (std::size_t b = first; b < r.batches.size(); b += group) {
         const std::size_t end = std::min(r.batches.size(), b + group);
         std::vector<BatchOutcome> outcomes(end - b);
-        std::vector<std::exception_ptr> errors(end - b);
-        {
-          std::vector<std::thread> helpers;
-          for (std::size_t k = 1; k < end - b; ++k) {
-            helpers.emplace_back([&, k] {
-              try {
-                // OpenMP's thread count is per thread: a new thread starts at all cores.
-                at::set_num_threads(1);
-                outcomes[k] = run_batch(b + k);
-              } catch (...) {
-                errors[k] = std::current_exception();
-              }
-            });
-          }
-          try {
-            outcomes[0] = run_batch(b);
-          } catch (...) {
-            errors[0] = std::current_exception();
-          }
-          for (auto& h : helpers) h.join();
-        }
-        for (const auto& e : errors)
-          if (e) std::rethrow_exception(e);
+        run_side_by_side(b, end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
         for (const auto& outcome : outcomes) {
           pass.nll += outcome.nll;
           pass.tokens += outcome.labels;

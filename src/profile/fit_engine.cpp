@@ -20,6 +20,7 @@
 #include <limits>
 #include <numeric>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
 #include "userip/data/export.h"
@@ -91,20 +92,88 @@ torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std
   return torch::stack(per, 1);
 }
 
-// Level-0 codes [U, A] of the engine's users by likelihood over each user's whole history
-// (Engine::likelihood_codes), starting from `codes`; `on_batch` gets the users done so far.
+void run_side_by_side(std::size_t first, std::size_t end, const std::function<void(std::size_t)>& work) {
+  std::vector<std::exception_ptr> errors(end - first);
+  {
+    std::vector<std::thread> helpers;
+    for (std::size_t i = first + 1; i < end; ++i) {
+      helpers.emplace_back([&, i] {
+        try {
+          // OpenMP's thread count is per thread: a new thread starts at all cores.
+          at::set_num_threads(1);
+          work(i);
+        } catch (...) {
+          errors[i - first] = std::current_exception();
+        }
+      });
+    }
+    try {
+      if (first < end) work(first);
+    } catch (...) {
+      errors[0] = std::current_exception();
+    }
+    for (auto& h : helpers) h.join();
+  }
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+int side_by_side_workers(const FitOptions& o) { return o.device.is_cpu() ? std::max(1, at::get_num_threads()) : 1; }
+
 torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
-                                            torch::Tensor codes, int sweeps,
-                                            const std::function<void(std::uint64_t)>& on_batch) {
-  auto r = engine.user_samples(0, /*whole_history=*/true);
+                                            torch::Tensor codes, int sweeps, int workers,
+                                            const std::function<void(std::uint64_t, std::uint64_t)>& on_progress) {
+  torch::NoGradGuard no_grad;
+  const auto& o = engine.options();
+  std::vector<ProfileSample> samples;
+  for (auto u : engine.users())
+    for (auto& s : engine.builder().evaluation_samples(u, engine.history())) samples.push_back(std::move(s));
+  const auto batches = pack_samples(samples, o.max_batch_tokens, o.max_batch_rows);
+  const std::int64_t U = codes.size(0);
+  std::vector<bool> has_history(static_cast<std::size_t>(U), false);
+  for (const auto& s : samples) has_history[static_cast<std::size_t>(engine.row_of(s.user))] = true;
+  std::vector<std::int64_t> rows_with_history;
+  for (std::int64_t u = 0; u < U; ++u)
+    if (has_history[static_cast<std::size_t>(u)]) rows_with_history.push_back(u);
+  const auto with_history = torch::tensor(rows_with_history, torch::TensorOptions().dtype(torch::kLong)).to(codes.device());
+  const std::uint64_t total = static_cast<std::uint64_t>(sweeps) * codebooks.size() * batches.size();
   std::uint64_t done = 0;
-  for (const auto& batch : r.batches) {
-    std::vector<const ProfileSample*> members;
-    for (auto i : batch) members.push_back(&r.samples[i]);
-    auto p = engine.prepare(members);
-    codes.index_copy_(0, p.user_rows, engine.likelihood_codes(p, codebooks, codes.index_select(0, p.user_rows), sweeps));
-    done += static_cast<std::uint64_t>(p.user_rows.size(0));
-    on_batch(done);
+  const std::size_t group = static_cast<std::size_t>(std::max(1, workers));
+  ScopedSingleThreadedBlas blas_policy(o.device.is_cpu() && group > 1);
+  for (int sweep = 0; sweep < sweeps; ++sweep) {
+    for (std::size_t a = 0; a < codebooks.size(); ++a) {
+      const std::int64_t K = codebooks[a].codes();
+      // Each user's NLL over its whole history under each code of `a` (the other attributes held), in
+      // float64 and summed in batch order.
+      auto totals = torch::zeros({U, K}, codes.options().dtype(torch::kDouble));
+      // One batch's [b, K] NLL sums and the rows of its users.
+      struct Part {
+        torch::Tensor user_rows, nll;
+      };
+      for (std::size_t b = 0; b < batches.size(); b += group) {
+        const std::size_t end = std::min(batches.size(), b + group);
+        std::vector<Part> parts(end - b);
+        run_side_by_side(b, end, [&](std::size_t i) {
+          std::vector<const ProfileSample*> members;
+          for (auto s : batches[i]) members.push_back(&samples[s]);
+          const auto p = engine.prepare(members);
+          const auto base = codes.index_select(0, p.user_rows);
+          auto nll = torch::zeros({p.user_rows.size(0), K}, totals.options());
+          for (std::int64_t k = 0; k < K; ++k) {
+            auto candidate = base.clone();
+            candidate.select(1, static_cast<std::int64_t>(a)).fill_(k);
+            const auto rows = engine.row_nll(p, engine.compose(codebooks, candidate)).to(torch::kDouble);
+            nll.select(1, k).index_add_(0, p.row_local, rows);
+          }
+          parts[i - b] = {p.user_rows, nll};
+        });
+        for (const auto& part : parts) totals.index_add_(0, part.user_rows, part.nll);
+        done += end - b;
+        on_progress(done, total);
+      }
+      codes.select(1, static_cast<std::int64_t>(a))
+          .index_copy_(0, with_history, totals.index_select(0, with_history).argmin(1).to(codes.scalar_type()));
+    }
   }
   return codes;
 }

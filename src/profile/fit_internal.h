@@ -89,6 +89,8 @@ class Engine {
 
   const std::vector<std::uint32_t>& users() const { return users_; }
   const SampleBuilder& builder() const { return builder_; }
+  const FitOptions& options() const { return o_; }
+  const data::SplitView& history() const { return history_; }
   std::int64_t row_of(std::uint32_t user) const { return row_of_.at(user); }
   std::size_t num_attributes() const { return offsets_.size(); }
   std::int64_t soft_tokens(std::size_t a) const { return in_.profile_template->attributes()[a].soft_tokens; }
@@ -219,10 +221,8 @@ class Engine {
   // step follows the gradient of the user's whole drawn history. A single window of a few
   // interactions makes the gradient mostly about that window's titles and years, which the next
   // round's window does not share: profiles then chase noise instead of settling on taste.
-  // `whole_history` keeps every sample of each user (fold-in by likelihood, which reads them once).
   // `only` (rows of users()), when given, limits the round to those users.
-  Round user_samples(std::uint64_t round, bool whole_history = false,
-                     const std::vector<std::int64_t>* only = nullptr) const {
+  Round user_samples(std::uint64_t round, const std::vector<std::int64_t>* only = nullptr) const {
     Round r;
     std::vector<std::pair<std::size_t, std::size_t>> spans;  // per user: [first, last) in r.samples
     std::vector<std::uint32_t> chosen;
@@ -231,7 +231,7 @@ class Engine {
     for (std::uint32_t u : only ? chosen : users_) {
       auto chunks = builder_.evaluation_samples(u, history_);
       const auto keep = static_cast<std::size_t>(o_.samples.samples_per_user);
-      if (!whole_history && chunks.size() > keep) {
+      if (chunks.size() > keep) {
         Rng rng = Rng::derive(o_.seed ^ (round * 0x9E3779B97F4A7C15ULL), u);
         rng.shuffle(chunks);
         chunks.resize(keep);
@@ -323,11 +323,24 @@ void mstep(const Engine& engine, const torch::Tensor& z, std::vector<ResidualCod
 // Codes [U, A, R] of the profiles under the codebooks.
 torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<ResidualCodebook>& codebooks);
 
-// Level-0 codes [U, A] of the engine's users by likelihood over each user's whole history
-// (Engine::likelihood_codes), starting from `codes`; `on_batch` gets the users done so far.
+// Runs work(i) for every i in [first, end) at once, each in its own thread (the calling thread takes
+// `first`), single-threaded in ATen, and rethrows the first error in index order. Callers keep
+// each item's result apart and combine them in index order, so results do not depend on how many
+// run side by side; put a ScopedSingleThreadedBlas around the loop.
+void run_side_by_side(std::size_t first, std::size_t end, const std::function<void(std::size_t)>& work);
+
+// How many E-step batches run side by side: ATen's thread count on the CPU (read before a
+// ScopedSingleThreadedAten), else 1.
+int side_by_side_workers(const FitOptions& o);
+
+// Level-0 codes [U, A] of the engine's users by likelihood over each user's whole history,
+// (the same rule as Engine::likelihood_codes, by coordinate ascent from `codes`, `sweeps` times
+// over the attributes), read in row batches of the fit's batch limits whatever a history's length,
+// `workers` batches side by side. Users without history keep their codes. `on_progress` gets the
+// batch passes done and their total.
 torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
-                                            torch::Tensor codes, int sweeps,
-                                            const std::function<void(std::uint64_t)>& on_batch);
+                                            torch::Tensor codes, int sweeps, int workers,
+                                            const std::function<void(std::uint64_t, std::uint64_t)>& on_progress);
 
 void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z,
                      const std::vector<ResidualCodebook>& codebooks);

@@ -102,8 +102,9 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
                         const InferOptions& options) {
   USERIP_CHECK(!users.empty(), "no users to infer profiles for");
   in.model->assert_frozen();
-  ScopedSingleThreadedAten thread_policy(o_fit.device.is_cpu());
   FitOptions o = within_context(o_fit, *in.model);
+  const int workers = side_by_side_workers(o);
+  ScopedSingleThreadedAten thread_policy(o.device.is_cpu());
   o.rounds = options.rounds > 0 ? options.rounds : o_fit.rounds;
   for (auto u : users)
     USERIP_CHECK(history.user_count(u) > 0, "user '{}' has no history interactions to infer a profile from",
@@ -132,8 +133,9 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
     if (!options.show_progress) progress.disable();
     const auto mean = fitted.vectors.to(o.device).mean(0, true);
     const auto start = assign_all(engine, mean, codebooks).select(2, 0).to(o.device);
-    auto codes = likelihood_codes_of_histories(engine, codebooks, start.expand({U, -1}).contiguous(), 2,
-                                               [&](std::uint64_t users_done) { progress.set(users_done); });
+    auto codes = likelihood_codes_of_histories(
+        engine, codebooks, start.expand({U, -1}).contiguous(), 2, workers,
+        [&](std::uint64_t done, std::uint64_t total) { progress.set(static_cast<std::uint64_t>(U) * done / total); });
     progress.finish();
     torch::NoGradGuard no_grad;
     result.vectors = engine.compose(codebooks, codes).cpu().contiguous();

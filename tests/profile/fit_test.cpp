@@ -153,6 +153,17 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
     EXPECT_TRUE(torch::allclose(by_likelihood.attribute_vectors(a), codeword_vectors(by_likelihood, by_likelihood.codes, a)))
         << by_likelihood.attributes[a].name;
   EXPECT_EQ(cold.codebook_fingerprint(), fit.profiles.codebook_fingerprint());
+  // The likelihood pass reads histories in row batches: one row per batch (every history spread over
+  // many batches) and three batches side by side give the same codes as the default limits.
+  {
+    auto one_row = options;
+    one_row.max_batch_rows = 1;
+    const int saved = at::get_num_threads();
+    at::set_num_threads(3);
+    const auto spread = infer_profiles(g_world->inputs(), fit.profiles, one_row, history, users, automatic);
+    at::set_num_threads(saved);
+    EXPECT_TRUE(torch::equal(spread.codes, by_likelihood.codes));
+  }
   // Their held-out behaviour can be scored with the folded-in profiles.
   auto test = g_world->dataset.view({data::SplitPart::cold_test});
   auto e = evaluate_profiles(g_world->inputs(), cold, options, history, test);
