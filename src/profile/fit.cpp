@@ -26,6 +26,7 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
+#include "userip/dist/world.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
@@ -108,6 +109,10 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   // batch with OpenBLAS's two threads used 1.75 CPU-seconds per second for 1.12× the speed of one
   // thread (docs/BENCHMARKS.md, "Profile fitting").
   const int estep_workers = o.mode == EmMode::alternating ? side_by_side_workers(o) : 1;
+  // Every rank runs the whole fit on the same numbers; the E-step's batches (alternating mode) and the
+  // final likelihood pass are shared out (docs/DISTRIBUTED.md). Only rank 0 writes.
+  dist::World& world = dist::World::get();
+  const bool writer = world.is_root();
   ScopedSingleThreadedAten thread_policy(o.device.is_cpu());
   const auto& attributes = in.profile_template->attributes();
   const std::string model_fingerprint = in.model->fingerprint();
@@ -226,7 +231,11 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
     }
   }
   // log.jsonl is rewritten from the rounds' records, which the checkpoint carries in full.
+  // Ranks other than 0 read the same run directory above (reuse, resume) and write nothing; none may
+  // write before all have read.
+  world.barrier();
   auto write_log = [&] {
+    if (!writer) return;
     std::string text;
     for (const auto& r : result.log) text += r.to_json(attributes).dump() + "\n";
     write_file_atomic(out / "log.jsonl", text);
@@ -238,6 +247,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   };
   auto last_checkpoint = std::chrono::steady_clock::now();
   auto save_checkpoint = [&](int round, std::size_t batch, const PassState& pass) {
+    if (!writer) return;
     fs::create_directories(checkpoint);
     const std::string tensors_name = fmt::format("state-{}-{}.safetensors", round, batch);
     std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"z", z.detach().cpu()},
@@ -284,7 +294,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   const int total_rounds = o.rounds + o.refine_rounds;
   ProgressBar progress(fmt::format("profile fit ({})", to_string(o.mode)),
                        static_cast<std::uint64_t>(total_rounds) * static_cast<std::uint64_t>(U), "users");
-  if (!o.show_progress) progress.disable();
+  if (!o.show_progress || !writer) progress.disable();
   progress.set(static_cast<std::uint64_t>(start_round) * static_cast<std::uint64_t>(U));
 
   const bool has_init = std::any_of(attributes.begin(), attributes.end(), [](const auto& a) { return !a.init.empty(); });
@@ -501,13 +511,39 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         return outcome;
       };
       const std::size_t group = static_cast<std::size_t>(estep_workers);
+      // Across ranks (alternating mode), each takes the next `group` batches of every W·group in
+      // turn; the users' rows of z and of the Adam state and the batches' outcomes are then shared,
+      // so every rank holds what one process would (batches hold disjoint users).
+      const bool sharded = world.distributed() && !joint;
+      const std::size_t span = sharded ? group * static_cast<std::size_t>(world.size()) : group;
       // Every batch in one thread, whatever the group: a batch's numbers then do not depend on how
       // many batches run beside it.
       ScopedSingleThreadedBlas blas_policy(o.device.is_cpu());
-      for (std::size_t b = first; b < r.batches.size(); b += group) {
-        const std::size_t end = std::min(r.batches.size(), b + group);
+      for (std::size_t b = first; b < r.batches.size(); b += span) {
+        const std::size_t end = std::min(r.batches.size(), b + span);
+        const auto [mine, mine_end] = sharded ? dist::share_of_span(b, end, group, world.rank()) : std::make_pair(b, end);
         std::vector<BatchOutcome> outcomes(end - b);
-        run_side_by_side(b, end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
+        run_side_by_side(mine, mine_end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
+        if (sharded) {
+          std::vector<std::int64_t> rows;
+          for (std::size_t i = mine; i < mine_end; ++i)
+            for (auto s : r.batches[i]) rows.push_back(engine.row_of(r.samples[s].user));
+          std::sort(rows.begin(), rows.end());
+          rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+          dist::share_rows(world, rows, {&z, &adam.m, &adam.v, &adam.steps});
+          auto mine_outcomes = torch::empty({static_cast<std::int64_t>(mine_end - mine), 2}, torch::kDouble);
+          for (std::size_t i = mine; i < mine_end; ++i) {
+            mine_outcomes[static_cast<std::int64_t>(i - mine)][0] = outcomes[i - b].nll;
+            mine_outcomes[static_cast<std::int64_t>(i - mine)][1] = static_cast<double>(outcomes[i - b].labels);
+          }
+          std::size_t next = 0;  // ranks' shares follow one another in batch order
+          for (const auto& share : world.all_gather_rows(mine_outcomes)) {
+            for (std::int64_t k = 0; k < share.size(0); ++k, ++next) {
+              outcomes[next].nll = share[k][0].item<double>();
+              outcomes[next].labels = static_cast<std::int64_t>(share[k][1].item<double>());
+            }
+          }
+        }
         for (const auto& outcome : outcomes) {
           pass.nll += outcome.nll;
           pass.tokens += outcome.labels;
@@ -611,9 +647,11 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   record["seconds"] = result.seconds;
   record["tokens"] = result.tokens;
   record["resumed"] = result.resumed;
-  save_profiles(profiles, out, record);
-  write_file_atomic(out / "evaluation.json", result.evaluation.to_json().dump(2));
-  fs::remove_all(checkpoint);
+  if (writer) {
+    save_profiles(profiles, out, record);
+    write_file_atomic(out / "evaluation.json", result.evaluation.to_json().dump(2));
+    fs::remove_all(checkpoint);
+  }
   return result;
 }
 

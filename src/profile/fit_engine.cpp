@@ -24,6 +24,7 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
+#include "userip/dist/world.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
@@ -120,11 +121,48 @@ void run_side_by_side(std::size_t first, std::size_t end, const std::function<vo
 
 int side_by_side_workers(const FitOptions& o) { return o.device.is_cpu() ? std::max(1, at::get_num_threads()) : 1; }
 
+namespace {
+
+// One batch's [b, K] NLL sums and the rows of its users.
+struct Part {
+  torch::Tensor user_rows, nll;
+};
+
+// Parts [mine, mine_end) were computed here; afterwards every rank holds all of them.
+void share_parts(dist::World& world, std::vector<Part>& parts, std::size_t mine, std::size_t mine_end, std::int64_t K,
+                 torch::Device device) {
+  std::vector<std::int64_t> sizes;
+  std::vector<torch::Tensor> rows, nll;
+  for (std::size_t i = mine; i < mine_end; ++i) {
+    sizes.push_back(parts[i].user_rows.size(0));
+    rows.push_back(parts[i].user_rows.cpu());
+    nll.push_back(parts[i].nll.cpu());
+  }
+  const auto gathered_sizes = world.all_gather_rows(torch::tensor(sizes, torch::TensorOptions().dtype(torch::kLong)));
+  const auto gathered_rows = world.all_gather_rows(rows.empty() ? torch::empty({0}, torch::kLong) : torch::cat(rows));
+  const auto gathered_nll = world.all_gather_rows(nll.empty() ? torch::empty({0, K}, torch::kDouble) : torch::cat(nll));
+  std::size_t next = 0;  // the ranks' shares follow one another in batch order
+  for (int r = 0; r < world.size(); ++r) {
+    std::int64_t offset = 0;
+    const auto& counts = gathered_sizes[static_cast<std::size_t>(r)];
+    for (std::int64_t k = 0; k < counts.size(0); ++k, ++next) {
+      const auto n = counts[k].item<std::int64_t>();
+      if (r != world.rank())
+        parts[next] = {gathered_rows[static_cast<std::size_t>(r)].narrow(0, offset, n).to(device),
+                       gathered_nll[static_cast<std::size_t>(r)].narrow(0, offset, n).to(device)};
+      offset += n;
+    }
+  }
+}
+
+}  // namespace
+
 torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
                                             torch::Tensor codes, int sweeps, int workers,
                                             const std::function<void(std::uint64_t, std::uint64_t)>& on_progress) {
   torch::NoGradGuard no_grad;
   const auto& o = engine.options();
+  dist::World& world = dist::World::get();
   std::vector<ProfileSample> samples;
   for (auto u : engine.users())
     for (auto& s : engine.builder().evaluation_samples(u, engine.history())) samples.push_back(std::move(s));
@@ -146,14 +184,14 @@ torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vec
       // Each user's NLL over its whole history under each code of `a` (the other attributes held), in
       // float64 and summed in batch order.
       auto totals = torch::zeros({U, K}, codes.options().dtype(torch::kDouble));
-      // One batch's [b, K] NLL sums and the rows of its users.
-      struct Part {
-        torch::Tensor user_rows, nll;
-      };
-      for (std::size_t b = 0; b < batches.size(); b += group) {
-        const std::size_t end = std::min(batches.size(), b + group);
+      // Across ranks, each takes the next `group` batches of every W·group in turn, and the parts are
+      // shared, so every rank adds the same parts in the same order.
+      const std::size_t span = group * static_cast<std::size_t>(world.size());
+      for (std::size_t b = 0; b < batches.size(); b += span) {
+        const std::size_t end = std::min(batches.size(), b + span);
+        const auto [mine, mine_end] = dist::share_of_span(b, end, group, world.rank());
         std::vector<Part> parts(end - b);
-        run_side_by_side(b, end, [&](std::size_t i) {
+        run_side_by_side(mine, mine_end, [&](std::size_t i) {
           std::vector<const ProfileSample*> members;
           for (auto s : batches[i]) members.push_back(&samples[s]);
           const auto p = engine.prepare(members);
@@ -167,6 +205,7 @@ torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vec
           }
           parts[i - b] = {p.user_rows, nll};
         });
+        if (world.distributed()) share_parts(world, parts, mine - b, mine_end - b, K, totals.device());
         for (const auto& part : parts) totals.index_add_(0, part.user_rows, part.nll);
         done += end - b;
         on_progress(done, total);

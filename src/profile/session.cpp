@@ -4,6 +4,7 @@
 
 #include "userip/lm/loader.h"
 #include "userip/lm/model_tokenizer.h"
+#include "userip/dist/world.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 
@@ -73,7 +74,10 @@ FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path
   const auto method = resolve_fold_in_method(session.fit.profiles, options.method);
   const std::string fingerprint = hex64(fnv1a64(session.fit.record.value("fingerprint", "") + "|" +
                                                 std::to_string(options.rounds) + "|annealed|" + to_string(method) +
-                                                "|" + chosen_ids));
+                                                "|" + chosen_ids +
+                                                (options.history == data::SplitPart::cold_history
+                                                     ? std::string()
+                                                     : "|history=" + data::to_string(options.history))));
   FoldIn result;
   if (std::filesystem::exists(out / "profile.json")) {
     try {
@@ -85,17 +89,22 @@ FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path
       // An unreadable earlier output is simply replaced.
     }
   }
-  const auto history = session.dataset.view({data::SplitPart::cold_history});
+  // Every rank has read the output directory before rank 0, the only writer, may replace it.
+  dist::World& world = dist::World::get();
+  world.barrier();
+  const auto history = session.dataset.view({options.history});
   const auto in = session.inputs();
   result.profiles = infer_profiles(in, session.fit.profiles, session.fit.options, history, users, options);
+  if (!world.is_root()) return result;
   nlohmann::json record = session.fit.record;
   record["folded_in_from"] = std::filesystem::absolute(fit_dir).string();
-  record["history_part"] = "cold_history";
+  record["history_part"] = data::to_string(options.history);
   record["infer_fingerprint"] = fingerprint;
   record["fold_in_method"] = to_string(method);
   record.erase("evaluation");
   save_profiles(result.profiles, out, record);
-  const auto test = session.dataset.view({data::SplitPart::cold_test});
+  const auto test = session.dataset.view(
+      {options.history == data::SplitPart::cold_history ? data::SplitPart::cold_test : data::SplitPart::valid});
   result.on_cold_test = evaluate_profiles(in, result.profiles, session.fit.options, history, test);
   if (result.on_cold_test.tokens > 0)
     write_file_atomic(out / "evaluation.json", result.on_cold_test.to_json().dump(2));

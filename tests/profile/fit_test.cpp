@@ -365,7 +365,9 @@ TEST_F(ProfileFit, ExplanationsCoverEveryCodeAndItsMembers) {
     EXPECT_NE(c.continuation.empty(), c.continuation_note.empty()) << c.to_json().dump();
     if (!c.continuation.empty()) continuations[c.attribute].insert(c.continuation);
     if (!c.continuation_note.empty()) notes[c.attribute].insert(c.continuation_note);
-    if (c.members.users > 0) EXPECT_FALSE(c.members.top_categories.empty());
+    if (c.members.users > 0) {
+      EXPECT_FALSE(c.members.top_categories.empty());
+    }
     for (const auto& item : c.members.typical_items) {
       EXPECT_FALSE(item.name.empty());
       EXPECT_GE(item.share, 0.1);

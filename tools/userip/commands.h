@@ -25,5 +25,6 @@ void add_profile_commands(CLI::App& app, GlobalOptions& global);
 void add_ctr_commands(CLI::App& app, GlobalOptions& global);
 void add_report_commands(CLI::App& app, GlobalOptions& global);
 void add_serve_commands(CLI::App& app, GlobalOptions& global);
+void add_dist_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace userip::cli

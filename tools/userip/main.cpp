@@ -1,6 +1,8 @@
 // userip: infer user profiles with a frozen language model, quantize them into profile IDs,
 // and use them in CTR models. This file wires the subcommands; the work is in the library.
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include <exception>
 #include <vector>
 
@@ -9,6 +11,7 @@
 #include "userip/util/crash.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
+#include "userip/dist/world.h"
 #include "userip/lm/threads.h"
 
 namespace userip::cli {
@@ -35,6 +38,7 @@ int main(int argc, char** argv) {
   cli::GlobalOptions global;
   app.add_option("--threads", global.threads, "Threads for ATen and OpenBLAS; the profile fit's E-step runs this many batches side by side, each single-threaded (0 = all cores)")
       ->check(CLI::NonNegativeNumber)
+      ->envname("USERIP_THREADS")
       ->capture_default_str();
   app.add_option("--log-level", global.log_level, "trace, debug, info, warn, error or off")
       ->capture_default_str();
@@ -46,6 +50,7 @@ int main(int argc, char** argv) {
   cli::add_ctr_commands(app, global);
   cli::add_report_commands(app, global);
   cli::add_serve_commands(app, global);
+  cli::add_dist_commands(app, global);
 
   try {
     app.parse(argc, argv);
@@ -54,7 +59,13 @@ int main(int argc, char** argv) {
   }
 
   try {
+    // Ranks other than 0 of a launched run say only what goes wrong: rank 0 reports for all.
+    const char* rank = std::getenv("RANK");
+    if (rank && std::string(rank) != "0" && global.log_level != "off" && global.log_level != "error")
+      global.log_level = "warn";
     log_init(global.log_level);
+    // A launched rank joins its world before any work, so that a missing rank is named at once.
+    dist::World::get();
     configure_allocator();
     int threads = configure_threads(global.threads);
     BlasInfo blas = detect_blas();
@@ -67,11 +78,14 @@ int main(int argc, char** argv) {
     for (auto& [command, action] : cli::actions()) {
       if (command->parsed()) action();
     }
-  } catch (const Error& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "error: %s\n", e.what());
+    // A rank of a launched run says which one it is, unless the message already does.
+    const char* rank = std::getenv("RANK");
+    const std::string message = e.what();
+    if (rank && std::getenv("WORLD_SIZE") && message.rfind("rank ", 0) != 0)
+      std::fprintf(stderr, "error: rank %s: %s\n", rank, message.c_str());
+    else
+      std::fprintf(stderr, "error: %s\n", message.c_str());
     return 1;
   }
   return 0;

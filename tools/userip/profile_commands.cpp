@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "model_options.h"
+#include "userip/dist/world.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/model_tokenizer.h"
 #include "userip/lm/pretrain.h"
@@ -248,6 +249,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       in.template_path = template_path;
       in.dataset_path = std::filesystem::absolute(c->dataset).string();
       auto result = profile::fit_profiles(in, o, c->out);
+      if (!dist::World::get().is_root()) return;  // rank 0 reports and publishes
       if (result.interrupted) {
         std::cout << fmt::format("stopped early as asked; rerun the same command to resume from {}\n",
                                  (c->out / "checkpoint").string());
@@ -286,18 +288,26 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "likelihood: the codes under which the LM finds the user's whole cold history likeliest "
                     "(codebooks of one level); auto: likelihood when the fit has codebooks of one level, else estep")
         ->capture_default_str();
+    auto history_part = std::make_shared<std::string>("cold_history");
+    cmd->add_option("--history", *history_part,
+                    "The split part whose rows are read: cold_history (the cold users'), or train (every fitted user "
+                    "again, by the fold-in's rule; evaluated on the valid part)")
+        ->check(CLI::IsMember({"cold_history", "train"}))
+        ->capture_default_str();
     cmd->add_option("--out", *out, "Output directory for the new users' profiles and codes")->required();
     cmd->add_option("--bank", *bank, "Also publish the new users' codes as a feature bank here");
-    on_run(cmd, [dir, dataset, model, users, rounds, method, out, bank] {
+    on_run(cmd, [dir, dataset, model, users, rounds, method, history_part, out, bank] {
       profile::InferOptions options;
+      options.history = data::split_part_from_string(*history_part);
       options.rounds = *rounds;
       options.method = profile::fold_in_method_from_string(*method);
       auto f = load_fit_dir(*dir, *dataset, *model);
-      const auto history = f.dataset.view({data::SplitPart::cold_history});
+      const auto history = f.dataset.view({options.history});
       std::vector<std::uint32_t> chosen;
       if (users->empty()) {
         chosen = history.users();
-        USERIP_CHECK(!chosen.empty(), "the dataset has no cold users with cold_history interactions; name users with --user");
+        USERIP_CHECK(!chosen.empty(), "the dataset has no users with {} interactions; name users with --user",
+                     *history_part);
       } else {
         for (const auto& id : *users) {
           auto u = f.dataset.find_user(id);
@@ -306,6 +316,7 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
         }
       }
       const auto folded = profile::fold_in_cold_users(f, *dir, chosen, options, *out);
+      if (!dist::World::get().is_root()) return;  // rank 0 reports and publishes
       if (folded.reused) {
         std::cout << fmt::format("{}: these users were folded in from this fit already; reusing them\n", out->string());
         if (!bank->empty() && !std::filesystem::exists(*bank) && f.fit.profiles.has_codes()) publish_bank(*out, *bank);
@@ -313,7 +324,8 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
       }
       std::cout << fmt::format("profiles of {} folded-in users in {}\n", folded.profiles.users.size(), out->string());
       if (folded.on_cold_test.tokens > 0) {
-        std::cout << "on their cold_test interactions: ";
+        std::cout << (options.history == data::SplitPart::cold_history ? "on their cold_test interactions: "
+                                                                       : "on their valid interactions: ");
         print_comparison(folded.on_cold_test);
       }
       if (!bank->empty() && folded.profiles.has_codes()) publish_bank(*out, *bank);

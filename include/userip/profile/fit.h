@@ -235,6 +235,9 @@ struct InferOptions {
   int rounds = 0;            // E-step rounds; 0 = the fit's number of rounds
   FoldInMethod method = FoldInMethod::automatic;
   bool show_progress = true;
+  // The part of the split whose rows a fold-in reads (fold_in_cold_users): the cold users' history,
+  // or the training rows, to give fitted users codes by the fold-in's rule too.
+  data::SplitPart history = data::SplitPart::cold_history;
 };
 // Fold-in, LM and codebooks frozen, for users of `history` that the fit did not see (e.g. the cold
 // users' cold_history part), by options.method.

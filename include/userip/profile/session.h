@@ -40,9 +40,10 @@ struct SessionOptions {
 // fit's is a warning, not an error (a user may convert the checkpoint's format).
 FitSession open_fit_session(const std::filesystem::path& dir, const SessionOptions& options = {});
 
-// Fold-in of `users` (indices into session.dataset) from their cold_history rows into the fit
-// opened from `fit_dir`, saved in `out` (profile.json, codes.csv, ...) with the fit's record and
-// where it came from, and evaluated on the users' cold_test rows (evaluation.json). Fold-in is
+// Fold-in of `users` (indices into session.dataset) from their rows of options.history (by default
+// cold_history) into the fit opened from `fit_dir`, saved in `out` (profile.json, codes.csv, ...)
+// with the fit's record and where it came from, and evaluated on the users' cold_test rows (valid
+// rows when the history is the training part) (evaluation.json). Fold-in is
 // deterministic, so a rerun for the same fit, users and rounds reuses `out` (its profile.json
 // carries that fingerprint) and fits nothing.
 struct FoldIn {

@@ -1,0 +1,44 @@
+#include <memory>
+
+#include "commands.h"
+#include "userip/dist/launch.h"
+
+namespace userip::cli {
+
+void add_dist_commands(CLI::App& app, GlobalOptions& /*global*/) {
+  auto* cmd = app.add_subcommand(
+      "launch",
+      "Run COMMAND as N ranks on this host (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, "
+      "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). `profile fit` and `profile infer` shard their users "
+      "across the ranks (docs/DISTRIBUTED.md). When a rank fails the others are stopped and the exit status "
+      "is non-zero. Example: userip launch --nproc-per-node 2 -- userip profile fit --dataset D --model M --out F");
+  auto o = std::make_shared<dist::LaunchOptions>();
+  cmd->add_option("--nproc-per-node", o->nproc_per_node, "Ranks to start on this host")->capture_default_str();
+  cmd->add_option("--nnodes", o->nnodes, "Hosts taking part (each runs its own launcher)")->capture_default_str();
+  cmd->add_option("--node-rank", o->node_rank, "This host's place among them, from 0")->capture_default_str();
+  auto* addr = cmd->add_option("--master-addr", o->master_addr,
+                               "Address of node 0, whose first rank serves the TCP rendezvous (it listens on "
+                               "every interface: keep the port closed to untrusted networks)")
+                   ->capture_default_str();
+  auto* port = cmd->add_option("--master-port", o->master_port, "TCP port of the rendezvous on node 0")
+                   ->capture_default_str();
+  auto tcp = std::make_shared<bool>(false);
+  cmd->add_flag("--tcp", *tcp,
+                "Rendezvous over TCP even on one host (default on one host: a file in a temporary directory; "
+                "implied by --nnodes > 1, --master-addr or --master-port)");
+  cmd->add_option("--timeout", o->timeout_seconds,
+                  "Seconds a rank waits for the others at the rendezvous and in each collective before failing "
+                  "with the names of the ranks missing")
+      ->capture_default_str();
+  cmd->add_option("--threads-per-rank", o->threads_per_rank,
+                  "Threads of each rank (0 = this host's cores divided by --nproc-per-node)")
+      ->capture_default_str();
+  cmd->add_option("command", o->command, "The program and its arguments, after --; `userip` means this executable")
+      ->required();
+  on_run(cmd, [o, tcp, addr, port] {
+    o->file_store = !*tcp && o->nnodes == 1 && addr->count() == 0 && port->count() == 0;
+    dist::launch(*o);
+  });
+}
+
+}  // namespace userip::cli
