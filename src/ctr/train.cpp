@@ -1,5 +1,6 @@
 #include "userip/ctr/train.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/nn/module.h>
 #include <torch/types.h>
 #include <torch/utils.h>
@@ -16,6 +17,7 @@
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
 #include "userip/util/progress.h"
+#include "userip/util/random.h"
 #include "userip/lm/threads.h"
 
 namespace userip::ctr {
@@ -33,10 +35,11 @@ void TrainConfig::validate() const {
   USERIP_CHECK(max_epochs >= 1, "train: max_epochs must be at least 1, got {}", max_epochs);
   USERIP_CHECK(patience >= 1, "train: patience must be at least 1, got {}", patience);
   USERIP_CHECK(plateau_decay > 0 && plateau_decay <= 1, "train: plateau_decay must be in (0, 1], got {}", plateau_decay);
+  USERIP_CHECK(shards >= 0 && shards <= 4096, "train: shards must be in [0, 4096], got {}", shards);
 }
 
 json TrainConfig::to_json() const {
-  return {{"learning_rate", learning_rate},
+  json j = {{"learning_rate", learning_rate},
           {"l2", l2},
           {"embedding_optimizer", to_string(embedding_optimizer)},
           {"embedding_learning_rate", embedding_learning_rate ? json(*embedding_learning_rate) : json(nullptr)},
@@ -45,6 +48,9 @@ json TrainConfig::to_json() const {
           {"patience", patience},
           {"plateau_decay", plateau_decay},
           {"seed", seed}};
+  // Only when set, so that runs made before the option existed keep their fingerprints.
+  if (shards > 0) j["shards"] = shards;
+  return j;
 }
 
 OptimizerSettings TrainConfig::optimizer_settings() const {
@@ -80,6 +86,7 @@ TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& defaults) {
   fields.read("patience", c.patience);
   fields.read("plateau_decay", c.plateau_decay);
   fields.read("seed", c.seed);
+  fields.read("shards", c.shards);
   fields.finish();
   c.validate();
   return c;
@@ -147,6 +154,108 @@ void restore(torch::nn::Module& model, const std::vector<torch::Tensor>& copies)
   for (auto& b : model.buffers()) b.copy_(copies[i++]);
 }
 
+
+// One optimizer step on the examples `rows` of `examples`, its gradient computed as `slices` fixed
+// slices, each with its own dropout seed, summed in slice order. The slices are shared out across
+// the world's ranks in consecutive groups and their gradients all-gathered, so every rank takes the
+// same step, whatever the world size. Returns the batch's mean loss.
+double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& examples, const torch::Tensor& rows,
+                   int slices, bool sparse_tables, dist::World& world, std::uint64_t step_seed, torch::Device device) {
+  const std::int64_t n = rows.size(0);
+  const std::size_t per_rank = (static_cast<std::size_t>(slices) + static_cast<std::size_t>(world.size()) - 1) /
+                               static_cast<std::size_t>(world.size());
+  const auto [first, last] = dist::share_of_span(0, static_cast<std::size_t>(slices), per_rank, world.rank());
+  std::vector<torch::Tensor> params = model.parameters();
+  std::unordered_set<const void*> is_table;
+  for (const auto& t : model.embedding_parameters()) is_table.insert(t.unsafeGetTensorImpl());
+  std::vector<bool> sparse(params.size(), false);
+  for (std::size_t i = 0; i < params.size(); ++i) sparse[i] = sparse_tables && is_table.count(params[i].unsafeGetTensorImpl());
+  // Per parameter, this rank's slices' gradients: dense ones as [slices, numel]; sparse ones (the
+  // embedding tables under a sparse optimizer) as their entries' indices and values. A dense row
+  // starts with 1 where the slice reached the parameter, so that one no slice reached keeps no
+  // gradient, as in a one-slice step.
+  std::vector<std::vector<torch::Tensor>> dense(params.size()), indices(params.size()), values(params.size());
+  std::vector<double> losses;
+  for (std::size_t s = first; s < last; ++s) {
+    const std::int64_t begin = static_cast<std::int64_t>(s) * n / slices, end = static_cast<std::int64_t>(s + 1) * n / slices;
+    optimizer.zero_grad();
+    double loss_value = 0;
+    if (end > begin) {
+      std::uint64_t state = step_seed ^ (0x9E3779B97F4A7C15ULL * (s + 1));
+      torch::manual_seed(splitmix64(state));
+      const FeatureBatch batch = examples.batch(rows.slice(0, begin, end), device);
+      const torch::Tensor loss =
+          torch::binary_cross_entropy_with_logits(model.forward(batch), batch.label, {}, {}, at::Reduction::Sum) /
+          static_cast<double>(n);
+      loss.backward();
+      loss_value = loss.item<double>();
+    }
+    losses.push_back(loss_value);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      const auto& g = params[i].grad();
+      if (sparse[i]) {
+        USERIP_ASSERT(!g.defined() || g.is_sparse());
+        const std::int64_t entries = g.defined() ? g._values().size(0) : 0;
+        if (entries > 0) {
+          indices[i].push_back(g._indices().reshape({-1}).cpu());
+          values[i].push_back(g._values().reshape({entries, -1}).cpu());
+        }
+      } else {
+        auto row = torch::zeros({1, 1 + params[i].numel()}, params[i].options().device(torch::kCPU));
+        if (g.defined()) {
+          row[0][0] = 1;
+          row.narrow(1, 1, params[i].numel()).copy_(g.reshape({1, -1}));
+        }
+        dense[i].push_back(row);
+      }
+    }
+  }
+  optimizer.zero_grad();
+  double total_loss = 0;
+  for (const auto& share : world.all_gather_rows(torch::tensor(losses, torch::kDouble)))
+    for (std::int64_t k = 0; k < share.size(0); ++k) total_loss += share[k].item<double>();
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    auto& p = params[i];
+    if (sparse[i]) {
+      const std::int64_t width = p.numel() / p.size(0);
+      const auto all_indices =
+          world.all_gather_rows(indices[i].empty() ? torch::empty({0}, torch::kLong) : torch::cat(indices[i]));
+      const auto all_values = world.all_gather_rows(values[i].empty() ? torch::empty({0, width}, p.options().device(torch::kCPU))
+                                                                      : torch::cat(values[i]));
+      // Ranks' slices follow one another in slice order, so the concatenation is in slice order.
+      const auto joined_indices = torch::cat(all_indices).to(device).unsqueeze(0);
+      auto joined_values = torch::cat(all_values).to(device);
+      if (joined_values.size(0) == 0) continue;  // no slice reached the table
+      auto shape = p.sizes().vec();
+      shape[0] = joined_values.size(0);
+      p.mutable_grad() = torch::sparse_coo_tensor(joined_indices, joined_values.view(shape), p.sizes());
+    } else {
+      const auto all = world.all_gather_rows(
+          dense[i].empty() ? torch::empty({0, 1 + p.numel()}, p.options().device(torch::kCPU)) : torch::cat(dense[i]));
+      auto sum = torch::zeros({1 + p.numel()}, p.options().device(torch::kCPU));
+      for (const auto& share : all)
+        for (std::int64_t k = 0; k < share.size(0); ++k) sum.add_(share[k]);
+      if (sum[0].item<double>() > 0) p.mutable_grad() = sum.narrow(0, 1, p.numel()).view(p.sizes()).to(device);
+    }
+  }
+  optimizer.step();
+  return total_loss;
+}
+
+// The parameters and buffers of rank 0 on every rank.
+void broadcast_model(CtrModel& model, dist::World& world) {
+  if (!world.distributed()) return;
+  torch::NoGradGuard no_grad;
+  for (auto tensors : {model.parameters(), model.buffers()}) {
+    for (auto& t : tensors) {
+      auto cpu = t.detach().cpu().contiguous();
+      world.broadcast(cpu);
+      t.copy_(cpu);
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<float> predict(CtrModel& model, const Examples& examples, torch::Device device, std::int64_t batch_size) {
@@ -194,6 +303,16 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
     ~DenseAgain() { model.set_sparse_gradients(false); }
   } dense_again{model};
 
+  // Across ranks, or with fixed slices, each step is computed slice by slice (sliced_step).
+  dist::World alone;
+  dist::World& world = options.world ? *options.world : alone;
+  const bool sliced = config.shards > 0 || world.distributed();
+  const int slices = config.shards > 0 ? config.shards : world.size();
+  const bool sparse_tables = uses_sparse_gradients(config.embedding_optimizer);
+  broadcast_model(model, world);
+  // The sliced steps seed the global generator per slice; the epochs' orders then come from their own.
+  auto order_generator = at::detail::createCPUGenerator(config.seed);
+
   TrainResult result;
   result.best_valid.auc = -1;
   std::vector<torch::Tensor> best = snapshot(model);
@@ -208,18 +327,26 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
   for (int epoch = 1; epoch <= config.max_epochs; ++epoch) {
     const auto epoch_start = Clock::now();
     model.train();
-    const torch::Tensor order = torch::randperm(n, torch::kLong);
+    const torch::Tensor order = sliced ? torch::randperm(n, order_generator, torch::TensorOptions().dtype(torch::kLong))
+                                       : torch::randperm(n, torch::kLong);
     ProgressBar bar(fmt::format("ctr epoch {}/{}", epoch, config.max_epochs), static_cast<std::uint64_t>(batches), "batch");
     if (!options.show_progress) bar.disable();
     double loss_sum = 0;
     for (std::int64_t b = 0; b < batches; ++b) {
       const std::int64_t begin = b * config.batch_size, end = std::min(n, begin + config.batch_size);
-      const FeatureBatch batch = train_set.batch(order.slice(0, begin, end), options.device);
-      optimizer.zero_grad();
-      const torch::Tensor loss = torch::binary_cross_entropy_with_logits(model.forward(batch), batch.label);
-      loss.backward();
-      optimizer.step();
-      const double value = loss.item<double>();
+      double value = 0;
+      if (sliced) {
+        std::uint64_t state = config.seed + (static_cast<std::uint64_t>(epoch) << 40) + static_cast<std::uint64_t>(b);
+        value = sliced_step(model, optimizer, train_set, order.slice(0, begin, end), slices, sparse_tables, world,
+                            splitmix64(state), options.device);
+      } else {
+        const FeatureBatch batch = train_set.batch(order.slice(0, begin, end), options.device);
+        optimizer.zero_grad();
+        const torch::Tensor loss = torch::binary_cross_entropy_with_logits(model.forward(batch), batch.label);
+        loss.backward();
+        optimizer.step();
+        value = loss.item<double>();
+      }
       USERIP_CHECK(std::isfinite(value), "train: the loss became {} at epoch {}, batch {}; lower learning_rate", value,
                    epoch, b + 1);
       loss_sum += value * static_cast<double>(end - begin);

@@ -515,6 +515,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       // turn; the users' rows of z and of the Adam state and the batches' outcomes are then shared,
       // so every rank holds what one process would (batches hold disjoint users).
       const bool sharded = world.distributed() && !joint;
+      double sharing_seconds = 0;  // in the collectives that share the E-step's results
       const std::size_t span = sharded ? group * static_cast<std::size_t>(world.size()) : group;
       // Every batch in one thread, whatever the group: a batch's numbers then do not depend on how
       // many batches run beside it.
@@ -525,6 +526,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         std::vector<BatchOutcome> outcomes(end - b);
         run_side_by_side(mine, mine_end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
         if (sharded) {
+          const auto sharing_started = std::chrono::steady_clock::now();
           std::vector<std::int64_t> rows;
           for (std::size_t i = mine; i < mine_end; ++i)
             for (auto s : r.batches[i]) rows.push_back(engine.row_of(r.samples[s].user));
@@ -543,6 +545,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
               outcomes[next].labels = static_cast<std::int64_t>(share[k][1].item<double>());
             }
           }
+          sharing_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sharing_started).count();
         }
         for (const auto& outcome : outcomes) {
           pass.nll += outcome.nll;
@@ -563,6 +566,9 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
           break;
         }
       }
+      if (sharded)
+        spdlog::info("round {}: {:.2f} s of the E-step in the collectives sharing its results across {} ranks", round + 1,
+                     sharing_seconds, world.size());
       if (interrupted) break;
     }
     progress.set(static_cast<std::uint64_t>(round + 1) * static_cast<std::uint64_t>(U));

@@ -168,3 +168,38 @@ TEST_F(CtrCli, ExperimentPrintsTheTableAndReusesFinishedRuns) {
 
 }  // namespace
 }  // namespace userip::ctr
+
+namespace userip::ctr {
+namespace {
+
+// Data-parallel training (docs/DISTRIBUTED.md): with fixed slices the DCN (with dropout and lazy
+// Adam's sparse gradients) comes out byte for byte the same at world sizes 1, 2 and 3.
+TEST_F(CtrCli, DataParallelTrainingWithFixedSlicesIsTheSameAtEveryWorldSize) {
+  std::string output;
+  const std::string common = "ctr train --dataset " + dataset_ + " --config " + config_ +
+                             " --experiment dcn --bank " + (dir_ / "bank.sqlite").string() + " --shards 3 --epochs 2";
+  ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "one").string(), &output), 0) << output;
+  for (int ranks : {2, 3}) {
+    const auto out = dir_ / ("ranks" + std::to_string(ranks));
+    ASSERT_EQ(run_cli("launch --nproc-per-node " + std::to_string(ranks) + " --threads-per-rank 1 -- userip " + common +
+                          " --out " + out.string(),
+                      &output),
+              0)
+        << output;
+    EXPECT_EQ(read_file(dir_ / "one" / "weights.safetensors"), read_file(out / "weights.safetensors")) << ranks;
+    EXPECT_EQ(read_file(dir_ / "one" / "test_scores.csv"), read_file(out / "test_scores.csv")) << ranks;
+  }
+  // The slices are a different computation from one whole batch, but the same model: it learns.
+  ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "again").string(), &output), 0) << output;
+  EXPECT_EQ(read_file(dir_ / "one" / "weights.safetensors"), read_file(dir_ / "again" / "weights.safetensors"));
+  EXPECT_GT(result_line(output)["test"]["auc"].get<double>(), 0.6) << output;
+  // The experiment stays in one process, and says so under the launcher.
+  EXPECT_NE(run_cli("launch --nproc-per-node 2 -- userip experiment --dataset " + dataset_ + " --config " + config_ +
+                        " --out " + (dir_ / "e").string(),
+                    &output),
+            0);
+  EXPECT_NE(output.find("experiment runs in one process"), std::string::npos) << output;
+}
+
+}  // namespace
+}  // namespace userip::ctr

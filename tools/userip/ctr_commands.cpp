@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "model_options.h"
+#include "userip/dist/world.h"
 #include "userip/ctr/experiment.h"
 #include "userip/ctr/pipeline.h"
 #include "userip/data/records.h"
@@ -58,6 +59,7 @@ struct TrainCommand {
   ProfileSourceOptions sources;
   std::uint64_t seed = 42;
   int epochs = 0;
+  int shards = -1;  // -1: keep the configuration's
 
   void run() const {
     const data::Dataset ds = data::Dataset::load(dataset);
@@ -69,6 +71,7 @@ struct TrainCommand {
     }
     if (!kind.empty()) settings.model.kind = ctr::model_kind_from_string(kind);
     if (epochs > 0) settings.train.max_epochs = epochs;
+    if (shards >= 0) settings.train.shards = shards;
     if (!embedding_optimizer.empty()) {
       settings.train.embedding_optimizer = ctr::embedding_optimizer_from_string(embedding_optimizer);
     }
@@ -86,7 +89,10 @@ struct TrainCommand {
 
     ctr::TrainOptions options;
     options.device = device_of(device);
+    // Under `userip launch` the ranks train the one model data-parallel; rank 0 saves it.
+    options.world = &dist::World::get();
     ctr::TrainedModel t = ctr::train_on_dataset(ds, settings, tables, options);
+    if (!options.world->is_root()) return;
 
     json result = {{"command", "ctr train"},
                    {"dataset", std::filesystem::absolute(dataset).string()},
@@ -174,6 +180,9 @@ struct ExperimentCommand {
   bool fresh = false;
 
   void run() const {
+    USERIP_CHECK(!dist::World::get().distributed(),
+                 "experiment runs in one process (its runs write one directory); run it without `userip launch` "
+                 "(ctr train and the profile stages run across ranks: docs/DISTRIBUTED.md)");
     const data::Dataset ds = data::Dataset::load(dataset);
     ctr::ExperimentInputs inputs;
     inputs.dataset = &ds;
@@ -231,6 +240,11 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "How the embedding tables learn: lazy_adam (default: only the batch's rows, a step's cost "
                     "independent of the vocabulary), adam (every row every step) or adagrad (row-wise; set "
                     "train.embedding_learning_rate in the configuration); overrides the configuration");
+    cmd->add_option("--shards", o->shards,
+                    "Compute each batch's gradient as this many fixed slices summed in order (train.shards): under "
+                    "`userip launch` the ranks share the slices and the model is the same at every world size; "
+                    "0 = one slice per rank (overrides the configuration)")
+        ->check(CLI::Range(0, 4096));
     cmd->add_option("--seed", o->seed, "Seed of initialisation, shuffling and dropout")->capture_default_str();
     cmd->add_option("--device", o->device, "cpu or cuda[:N]")->capture_default_str();
     on_run(cmd, [o] { o->run(); });

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "userip/dist/world.h"
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
 #include "userip/ctr/optimizer.h"
@@ -31,6 +32,12 @@ struct TrainConfig {
   int patience = 3;              // epochs without a better validation AUC before stopping
   double plateau_decay = 0.5;    // learning rate multiplier after an epoch without improvement
   std::uint64_t seed = 42;
+  // Data-parallel exactness (docs/DISTRIBUTED.md): > 0 computes each batch's gradient as this many
+  // fixed slices, each with its own dropout seed, summed in slice order; the ranks of a launched run
+  // share the slices out, so the model is the same at every world size (and equal to one process
+  // with the same value). 0: one slice in one process, one per rank across ranks (results then
+  // depend on the world size).
+  int shards = 0;
 
   void validate() const;
   nlohmann::json to_json() const;
@@ -73,6 +80,8 @@ struct TrainResult {
 struct TrainOptions {
   torch::Device device = torch::kCPU;
   bool show_progress = true;
+  // The ranks that train this model together (data-parallel); null: this process alone.
+  dist::World* world = nullptr;
 };
 
 // Trains `model` in place; on return it holds the parameters of the best validation epoch.
