@@ -1,5 +1,6 @@
 #include "userip/lm/threads.h"
 
+#include <atomic>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 
@@ -83,12 +84,30 @@ ScopedSingleThreadedBlas::~ScopedSingleThreadedBlas() {
   if (auto set = openblas_set_num_threads_fn()) set(saved_);
 }
 
+namespace {
+// ATen's thread count before the outermost ScopedSingleThreadedAten (0: none is active).
+std::atomic<int> g_threads_outside_scope{0};
+}  // namespace
+
 ScopedSingleThreadedAten::ScopedSingleThreadedAten(bool active) : saved_(active ? at::get_num_threads() : 0) {
-  if (saved_ > 1) at::set_num_threads(1);
+  if (saved_ > 1) {
+    int none = 0;
+    g_threads_outside_scope.compare_exchange_strong(none, saved_);
+    at::set_num_threads(1);
+  }
 }
 
 ScopedSingleThreadedAten::~ScopedSingleThreadedAten() {
-  if (saved_ > 1) at::set_num_threads(saved_);
+  if (saved_ > 1) {
+    at::set_num_threads(saved_);
+    int mine = saved_;
+    g_threads_outside_scope.compare_exchange_strong(mine, 0);
+  }
+}
+
+int threads_for_side_by_side_work() {
+  const int outside = g_threads_outside_scope.load();
+  return std::max(1, outside > 0 ? outside : at::get_num_threads());
 }
 
 }  // namespace userip

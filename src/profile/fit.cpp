@@ -613,7 +613,8 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
                  log.train_nll, log.valid_nll,
                  log.quantization_error.empty() ? std::string()
                                                 : fmt::format(", quantization error {:.4g}", log.quantization_error[0]));
-    if (round + 1 < total_rounds) save_checkpoint(round + 1, 0, PassState{});
+    // After the last round too when the final codes by likelihood follow: they take minutes.
+    if (round + 1 < total_rounds || o.final_codes_by_likelihood()) save_checkpoint(round + 1, 0, PassState{});
     if (o.stop_after_batches > 0 && batches_done >= o.stop_after_batches && round + 1 < total_rounds) interrupted = true;
   }
   progress.finish();
@@ -647,6 +648,22 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
   if (uses_codebooks(o)) {
     for (const auto& c : codebooks) profiles.codebooks.push_back(codebook_on(c, torch::kCPU));
     profiles.codes = assign_all(engine, profiles.vectors, profiles.codebooks);
+    if (o.final_codes_by_likelihood()) {
+      // The fold-in's rule (infer.cpp): from the population's codes, two sweeps over every user's whole history.
+      torch::NoGradGuard no_grad;
+      const auto start = assign_all(engine, z.mean(0, true), codebooks).select(2, 0).to(o.device);
+      ProgressBar final_codes("profile fit: codes by likelihood", static_cast<std::uint64_t>(U), "users");
+      if (!o.show_progress || !writer) final_codes.disable();
+      auto codes = likelihood_codes_of_histories(
+          engine, codebooks, start.expand({U, -1}).contiguous(), 2, side_by_side_workers(o),
+          [&](std::uint64_t done, std::uint64_t total) { final_codes.set(static_cast<std::uint64_t>(U) * done / total); });
+      final_codes.finish();
+      profiles.vectors = engine.compose(codebooks, codes).cpu().contiguous();
+      profiles.codes = codes.cpu().unsqueeze(2);
+      const auto start_cpu = start.cpu().reshape({-1});
+      profiles.likelihood_start_codes.assign(start_cpu.data_ptr<std::int64_t>(),
+                                             start_cpu.data_ptr<std::int64_t>() + start_cpu.numel());
+    }
   }
   result.evaluation = evaluate_profiles(in, profiles, o, train, valid);
   record["evaluation"] = result.evaluation.to_json();

@@ -119,7 +119,41 @@ void run_side_by_side(std::size_t first, std::size_t end, const std::function<vo
     if (e) std::rethrow_exception(e);
 }
 
-int side_by_side_workers(const FitOptions& o) { return o.device.is_cpu() ? std::max(1, at::get_num_threads()) : 1; }
+std::pair<double, std::int64_t> Engine::total_nll(const std::vector<ProfileSample>& samples,
+                                                  const torch::Tensor& vectors) const {
+  torch::NoGradGuard no_grad;
+  dist::World& world = dist::World::get();
+  const auto batches = pack_samples(samples, o_.max_batch_tokens, o_.max_batch_rows);
+  const std::size_t group = static_cast<std::size_t>(side_by_side_workers(o_));
+  const std::size_t span = group * static_cast<std::size_t>(world.size());
+  // Per batch: its NLL and label tokens.
+  auto per_batch = torch::zeros({static_cast<std::int64_t>(batches.size()), 2}, torch::kDouble);
+  ScopedSingleThreadedBlas blas_policy(o_.device.is_cpu() && span > 1);
+  for (std::size_t b = 0; b < batches.size(); b += span) {
+    const std::size_t end = std::min(batches.size(), b + span);
+    const auto [mine, mine_end] = dist::share_of_span(b, end, group, world.rank());
+    run_side_by_side(mine, mine_end, [&](std::size_t i) {
+      std::vector<const ProfileSample*> members;
+      for (auto s : batches[i]) members.push_back(&samples[s]);
+      auto p = prepare(members);
+      per_batch[static_cast<std::int64_t>(i)][0] = row_nll(p, vectors.index_select(0, p.user_rows)).sum().item<double>();
+      per_batch[static_cast<std::int64_t>(i)][1] = static_cast<double>(p.labels);
+    });
+  }
+  if (world.distributed()) {
+    // Every rank filled its own batches' rows and left the others' zero: the sum is every batch.
+    world.all_reduce_sum(per_batch);
+  }
+  double nll = 0;
+  std::int64_t tokens = 0;
+  for (std::int64_t i = 0; i < per_batch.size(0); ++i) {
+    nll += per_batch[i][0].item<double>();
+    tokens += static_cast<std::int64_t>(per_batch[i][1].item<double>());
+  }
+  return {nll, tokens};
+}
+
+int side_by_side_workers(const FitOptions& o) { return o.device.is_cpu() ? threads_for_side_by_side_work() : 1; }
 
 namespace {
 

@@ -268,21 +268,11 @@ class Engine {
     return r;
   }
 
-  // Σ NLL and label tokens of `vectors` (rows aligned with users()) on evaluation samples.
+  // Σ NLL and label tokens of `vectors` (rows aligned with users()) on evaluation samples, in
+  // batches of the fit's limits, the threads' count side by side and the world's ranks in turn,
+  // summed in batch order (the same at any thread count or world size).
   std::pair<double, std::int64_t> total_nll(const std::vector<ProfileSample>& samples,
-                                            const torch::Tensor& vectors) const {
-    torch::NoGradGuard no_grad;
-    double nll = 0;
-    std::int64_t tokens = 0;
-    for (const auto& batch : pack_samples(samples, o_.max_batch_tokens, o_.max_batch_rows)) {
-      std::vector<const ProfileSample*> members;
-      for (auto i : batch) members.push_back(&samples[i]);
-      auto p = prepare(members);
-      nll += row_nll(p, vectors.index_select(0, p.user_rows)).sum().item<double>();
-      tokens += p.labels;
-    }
-    return {nll, tokens};
-  }
+                                            const torch::Tensor& vectors) const;
 
   std::vector<ProfileSample> evaluation_samples(const data::SplitView& view, std::int64_t max_users) const {
     std::vector<std::uint32_t> chosen;
@@ -329,8 +319,7 @@ torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std
 // run side by side; put a ScopedSingleThreadedBlas around the loop.
 void run_side_by_side(std::size_t first, std::size_t end, const std::function<void(std::size_t)>& work);
 
-// How many E-step batches run side by side: ATen's thread count on the CPU (read before a
-// ScopedSingleThreadedAten), else 1.
+// How many batches run side by side: the threads (threads_for_side_by_side_work) on the CPU, else 1.
 int side_by_side_workers(const FitOptions& o);
 
 // Level-0 codes [U, A] of the engine's users by likelihood over each user's whole history,

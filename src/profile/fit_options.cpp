@@ -43,7 +43,18 @@ constexpr EnumName<ProfileAblation> kAblationNames[] = {{ProfileAblation::none, 
                                                         {ProfileAblation::no_codebook, "no-codebook"},
                                                         {ProfileAblation::random, "random"},
                                                         {ProfileAblation::mean, "mean"}};
+constexpr EnumName<CodesBy> kCodesByNames[] = {
+    {CodesBy::automatic, "auto"}, {CodesBy::distance, "distance"}, {CodesBy::likelihood, "likelihood"}};
 }  // namespace
+
+std::string to_string(CodesBy rule) { return enum_name(kCodesByNames, rule); }
+CodesBy codes_by_from_string(std::string_view name) { return enum_from_name(kCodesByNames, name, "code rule"); }
+
+bool FitOptions::final_codes_by_likelihood() const {
+  if (refine_rounds > 0 || codes_by == CodesBy::distance) return false;
+  const bool applies = mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none;
+  return codes_by == CodesBy::likelihood || applies;
+}
 
 std::string to_string(EmMode mode) { return enum_name(kEmModeNames, mode); }
 EmMode em_mode_from_string(std::string_view name) { return enum_from_name(kEmModeNames, name, "EM mode"); }
@@ -84,6 +95,9 @@ void FitOptions::validate() const {
                "--merge-margin-ratio acts in refinement rounds: it needs --refine-rounds > 0");
   USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
                "--refine-rounds needs the alternating mode, one codebook level (--levels 1) and no ablation");
+  USERIP_CHECK(codes_by != CodesBy::likelihood ||
+                   (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
+               "--codes-by likelihood needs the alternating mode, one codebook level (--levels 1) and no ablation");
   USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
   USERIP_CHECK(codebook_loss_weight >= 0, "the codebook loss weight must be >= 0, got {}", codebook_loss_weight);
   USERIP_CHECK(weight_decay >= 0 && weight_decay < 1, "the weight decay must be in [0, 1), got {}", weight_decay);
@@ -130,6 +144,8 @@ nlohmann::json FitOptions::to_json() const {
           {"seed", seed}};
   // Only when set, so that fits made before the option existed keep their fingerprints.
   if (samples.max_interactions > 0) j["max_interactions"] = samples.max_interactions;
+  // Only when by likelihood: fits made before the option had their codes by distance, and keep their fingerprints.
+  if (final_codes_by_likelihood()) j["codes_by"] = "likelihood";
   // Only when not 1 (one seeding, as before restarts existed), so that such fits keep their fingerprints.
   if (kmeans_restarts != 1) j["kmeans_restarts"] = kmeans_restarts;
   // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
@@ -165,6 +181,7 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.refine_steps = j.value("refine_steps", 0);
     o.refine_users = j.value("refine_users", std::int64_t{0});
     o.merge_margin_ratio = j.value("merge_margin_ratio", 0.0);
+    o.codes_by = codes_by_from_string(j.value("codes_by", std::string("distance")));
     o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
     o.joint_batch = j.at("joint_batch").get<std::int64_t>();
     o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();

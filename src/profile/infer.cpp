@@ -123,6 +123,7 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   result.attributes = fitted.attributes;
   result.attribute_offset = fitted.attribute_offset;
   result.codebooks = fitted.codebooks;
+  result.likelihood_start_codes = fitted.likelihood_start_codes;
   if (resolve_fold_in_method(fitted, options.method) == FoldInMethod::likelihood) {
     USERIP_CHECK(has_one_level_codes(fitted),
                  "fold-in by likelihood needs a fit with codebooks of one level (this one has {})",
@@ -131,8 +132,10 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
     // whole history likeliest, starting from the population's codes (two sweeps over the attributes).
     ProgressBar progress("profile infer (by likelihood)", static_cast<std::uint64_t>(U), "users");
     if (!options.show_progress) progress.disable();
-    const auto mean = fitted.vectors.to(o.device).mean(0, true);
-    const auto start = assign_all(engine, mean, codebooks).select(2, 0).to(o.device);
+    // From the codes the fit's own codes by likelihood started from, so that the rule is the same.
+    const auto start = fitted.likelihood_start_codes.empty()
+                           ? assign_all(engine, fitted.vectors.to(o.device).mean(0, true), codebooks).select(2, 0).to(o.device)
+                           : torch::tensor(fitted.likelihood_start_codes).view({1, -1}).to(o.device);
     auto codes = likelihood_codes_of_histories(
         engine, codebooks, start.expand({U, -1}).contiguous(), 2, workers,
         [&](std::uint64_t done, std::uint64_t total) { progress.set(static_cast<std::uint64_t>(U) * done / total); });

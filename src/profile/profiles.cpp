@@ -85,6 +85,7 @@ void save_profiles(const Profiles& profiles, const fs::path& dir, const nlohmann
     out["attributes"].push_back(attr);
   }
   out["dim"] = profiles.vectors.size(2);
+  if (!profiles.likelihood_start_codes.empty()) out["likelihood_start_codes"] = profiles.likelihood_start_codes;
   if (profiles.has_codes()) {
     out["codebook_fingerprint"] = profiles.codebook_fingerprint();
     out["fields"] = nlohmann::json::array();
@@ -153,6 +154,20 @@ SavedFit load_fit(const fs::path& dir, const data::Dataset& dataset, const Profi
     std::vector<torch::Tensor> codes;
     for (std::size_t a = 0; a < p.codebooks.size(); ++a) codes.push_back(p.codebooks[a].assign(p.attribute_vectors(a)));
     p.codes = torch::stack(codes, 1);
+  }
+  if (saved.record.contains("likelihood_start_codes")) {
+    try {
+      p.likelihood_start_codes = saved.record["likelihood_start_codes"].get<std::vector<std::int64_t>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("{}: \"likelihood_start_codes\" is not a list of codes: {}", record_file.string(), e.what());
+    }
+    USERIP_CHECK(p.likelihood_start_codes.size() == p.codebooks.size(),
+                 "{}: \"likelihood_start_codes\" has {} codes for {} codebooks", record_file.string(),
+                 p.likelihood_start_codes.size(), p.codebooks.size());
+    for (std::size_t a = 0; a < p.codebooks.size(); ++a)
+      USERIP_CHECK(p.likelihood_start_codes[a] >= 0 && p.likelihood_start_codes[a] < p.codebooks[a].codes(),
+                   "{}: \"likelihood_start_codes\" holds code {} for attribute '{}', which has {} codes",
+                   record_file.string(), p.likelihood_start_codes[a], p.attributes[a].name, p.codebooks[a].codes());
   }
   return saved;
 }

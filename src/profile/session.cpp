@@ -95,17 +95,18 @@ FoldIn fold_in_cold_users(const FitSession& session, const std::filesystem::path
   const auto history = session.dataset.view({options.history});
   const auto in = session.inputs();
   result.profiles = infer_profiles(in, session.fit.profiles, session.fit.options, history, users, options);
-  if (!world.is_root()) return result;
   nlohmann::json record = session.fit.record;
   record["folded_in_from"] = std::filesystem::absolute(fit_dir).string();
   record["history_part"] = data::to_string(options.history);
   record["infer_fingerprint"] = fingerprint;
   record["fold_in_method"] = to_string(method);
   record.erase("evaluation");
-  save_profiles(result.profiles, out, record);
   const auto test = session.dataset.view(
       {options.history == data::SplitPart::cold_history ? data::SplitPart::cold_test : data::SplitPart::valid});
+  // Every rank scores (its share of) the evaluation; rank 0 writes.
   result.on_cold_test = evaluate_profiles(in, result.profiles, session.fit.options, history, test);
+  if (!world.is_root()) return result;
+  save_profiles(result.profiles, out, record);
   if (result.on_cold_test.tokens > 0)
     write_file_atomic(out / "evaluation.json", result.on_cold_test.to_json().dump(2));
   return result;

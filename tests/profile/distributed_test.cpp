@@ -29,7 +29,8 @@ class Distributed : public ProfileFit {
     if (!g_world) return;
     data::save_synthetic({g_world->dataset, g_world->truth}, dir_ / "data");
     fit_args_ = "profile fit --dataset " + (dir_ / "data").string() + " --model " + g_world->lm_dir.string() +
-                " --rounds 2 --samples-per-user 2 --population-steps 2 --eval-users 10 --no-bank --batch-tokens 1024";
+                " --rounds 2 --samples-per-user 2 --population-steps 2 --eval-users 10 --no-bank --batch-tokens 1024"
+                " --codes-by distance";  // the likelihood pass is shared out in the fold-in below
   }
 
   // Runs `args` at world size `ranks` (0: one process without the launcher), one thread per rank.
@@ -65,8 +66,8 @@ int free_port() {
 }
 
 TEST_F(Distributed, FitAndFoldInGiveTheSameBytesAtWorldSizesOneTwoAndThree) {
-  for (int ranks : {0, 1, 2, 3}) run(ranks, fit_args_ + " --out " + (dir_ / ("fit" + std::to_string(ranks))).string());
-  for (int ranks : {1, 2, 3}) expect_same_outputs(dir_ / "fit0", dir_ / ("fit" + std::to_string(ranks)));
+  for (int ranks : {0, 2, 3}) run(ranks, fit_args_ + " --out " + (dir_ / ("fit" + std::to_string(ranks))).string());
+  for (int ranks : {2, 3}) expect_same_outputs(dir_ / "fit0", dir_ / ("fit" + std::to_string(ranks)));
   for (int ranks : {0, 3})
     run(ranks, "profile infer --profile " + (dir_ / "fit0").string() + " --out " +
                    (dir_ / ("cold" + std::to_string(ranks))).string());

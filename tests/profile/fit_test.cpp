@@ -131,7 +131,7 @@ TEST_F(ProfileFit, AnInterruptedFitResumesToTheSameCodes) {
 
 TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   TempDir dir;
-  auto options = small_options();
+  auto options = small_options();  // codes by distance: the E-step fold-in below is compared with them
   options.rounds = 3;
   auto fit = fit_profiles(g_world->inputs(), options, dir.path());
   auto history = g_world->dataset.view({data::SplitPart::cold_history});
@@ -185,6 +185,42 @@ TEST_F(ProfileFit, FoldInGivesCodesToColdUsers) {
   auto train_user = training.users().front();
   testing::expect_error([&] { infer_profiles(g_world->inputs(), fit.profiles, options, history, {train_user}, io); },
                         {"no history"});
+}
+
+TEST_F(ProfileFit, CodesByLikelihoodAreTheCodesFoldInGivesTheFittedUsers) {
+  TempDir dir;
+  auto options = small_options();
+  options.rounds = 1;
+  options.codes_by = CodesBy::automatic;
+  ASSERT_TRUE(options.final_codes_by_likelihood());  // the default for one level, alternating
+  auto fit = fit_profiles(g_world->inputs(), options, dir.path());
+  ASSERT_TRUE(fit.profiles.has_codes());
+  ASSERT_EQ(fit.profiles.likelihood_start_codes.size(), fit.profiles.codebooks.size());
+  for (std::size_t a = 0; a < fit.profiles.attributes.size(); ++a)
+    EXPECT_TRUE(torch::allclose(fit.profiles.attribute_vectors(a), codeword_vectors(fit.profiles, fit.profiles.codes, a)))
+        << fit.profiles.attributes[a].name;
+  // The start codes travel with the fit, and a fold-in of the fitted users from their training rows gives
+  // them exactly their codes: one rule for warm and cold users.
+  const auto saved = load_fit(dir.path(), g_world->dataset, *g_world->tmpl);
+  EXPECT_EQ(saved.profiles.likelihood_start_codes, fit.profiles.likelihood_start_codes);
+  EXPECT_TRUE(saved.options.final_codes_by_likelihood());
+  InferOptions io;
+  io.show_progress = false;
+  const std::vector<std::uint32_t> some(fit.profiles.users.begin(), fit.profiles.users.begin() + 8);
+  const auto again =
+      infer_profiles(g_world->inputs(), saved.profiles, saved.options, g_world->dataset.training_view(), some, io);
+  EXPECT_TRUE(torch::equal(again.codes, fit.profiles.codes.narrow(0, 0, 8)));
+  // Codes by distance are another fit (another fingerprint), and leave the profiles off the codewords.
+  auto by_distance = options;
+  by_distance.codes_by = CodesBy::distance;
+  EXPECT_FALSE(by_distance.final_codes_by_likelihood());
+  // Two levels: distance, unless likelihood is asked for, which is then an error.
+  auto two_levels = options;
+  two_levels.levels = 2;
+  EXPECT_FALSE(two_levels.final_codes_by_likelihood());
+  two_levels.codes_by = CodesBy::likelihood;
+  testing::expect_error([&] { two_levels.validate(); }, {"--codes-by likelihood", "one codebook level"});
+  EXPECT_NE(by_distance.to_json().dump(), options.to_json().dump());
 }
 
 // Σ NLL of one user's rows in `view` with the given codes [1, A, 1] as profile.

@@ -182,6 +182,14 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "their second-best codes than this fraction of what the median code's members lose is merged into "
                     "those, and its codeword splits the code whose members' gradients disagree most (0 = off)")
         ->capture_default_str();
+    auto codes_by = std::make_shared<std::string>("auto");
+    cmd->add_option("--codes-by", *codes_by,
+                    "The fitted users' final codes: likelihood (as fold-in gives a new user its codes: those under "
+                    "which the LM finds the user's whole history likeliest; profiles become codewords), distance "
+                    "(the codeword nearest each profile), auto (likelihood for the alternating mode with one level "
+                    "and no ablation, else distance)")
+        ->check(CLI::IsMember({"auto", "distance", "likelihood"}))
+        ->capture_default_str();
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();
@@ -204,8 +212,9 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--stop-after-batches", o.stop_after_batches,
                     "Stop after this many batches as an interruption would (for testing resume)")
         ->capture_default_str();
-    on_run(cmd, [c] {
+    on_run(cmd, [c, codes_by] {
       auto& o = c->options;
+      o.codes_by = profile::codes_by_from_string(*codes_by);
       o.mode = profile::em_mode_from_string(c->mode);
       o.attention = profile::attention_structure_from_string(c->attention);
       o.ablation = profile::profile_ablation_from_string(c->ablation);

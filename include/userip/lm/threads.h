@@ -44,6 +44,10 @@ class ScopedSingleThreadedAten {
   int saved_;
 };
 
+// How many single-threaded pieces of work may run side by side: ATen's thread count, or, inside a
+// ScopedSingleThreadedAten, the count it had before the scope.
+int threads_for_side_by_side_work();
+
 // For the duration of a scope, OpenBLAS runs its GEMMs in the calling thread. Use it where several
 // threads each run their own single-threaded work (the profile fit's parallel E-step): OpenBLAS's
 // own workers would otherwise spin (sched_yield) on the cores those threads need. A no-op where

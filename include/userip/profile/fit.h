@@ -46,6 +46,15 @@ enum class ProfileAblation {
 std::string to_string(ProfileAblation ablation);
 ProfileAblation profile_ablation_from_string(std::string_view name);
 
+// How the fitted users get their final codes.
+enum class CodesBy {
+  automatic,   // likelihood where it applies (alternating mode, one level, no ablation), else distance
+  distance,    // the codeword nearest each profile (the EM rounds' own assignment)
+  likelihood,  // the fold-in's rule: the codes under which the LM finds the user's whole history likeliest
+};
+std::string to_string(CodesBy rule);
+CodesBy codes_by_from_string(std::string_view name);
+
 struct FitOptions {
   EmMode mode = EmMode::alternating;
   AttentionStructure attention = AttentionStructure::segment;
@@ -89,6 +98,13 @@ struct FitOptions {
   // spread most, along their main direction, each member going to the side its gradient descends
   // to. At most one move per attribute and round. 0 = off.
   double merge_margin_ratio = 0;
+  // The final codes of the fitted users. By likelihood, each user takes them as a new user does at
+  // fold-in (from the population's codes, two sweeps over the attributes, over the user's whole
+  // training history) and its profile becomes their codewords: warm and cold users' codes then come
+  // from one rule, which the CTR model learns the codes' meaning under (docs/RESULTS.md, step 6).
+  // Refinement rounds end with codes by likelihood of their own.
+  CodesBy codes_by = CodesBy::automatic;
+  bool final_codes_by_likelihood() const;
 
   // Joint mode (the released code's defaults).
   double joint_learning_rate = 0.01;
@@ -166,6 +182,10 @@ struct Profiles {
   torch::Tensor codes;                           // [U, A, R] int64 (undefined without codebooks)
   std::vector<AttributeSpec> attributes;
   std::vector<std::int64_t> attribute_offset;    // first soft-token index of each attribute in P
+  // Per attribute, the level-0 code from which codes by likelihood start (the population's codes),
+  // when the fit gave its users their codes that way; fold-in then starts from the same codes.
+  // Saved in profile.json ("likelihood_start_codes"). Empty: fold-in takes the codes of the mean profile.
+  std::vector<std::int64_t> likelihood_start_codes;
 
   bool has_codes() const { return codes.defined(); }
   // The attribute's vectors flattened: [U, L_a * d].
