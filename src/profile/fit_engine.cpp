@@ -133,6 +133,7 @@ std::pair<double, std::int64_t> Engine::total_nll(const std::vector<ProfileSampl
     const std::size_t end = std::min(batches.size(), b + span);
     const auto [mine, mine_end] = dist::share_of_span(b, end, group, world.rank());
     run_side_by_side(mine, mine_end, [&](std::size_t i) {
+      torch::NoGradGuard no_grad_here;  // grad mode is per thread
       std::vector<const ProfileSample*> members;
       for (auto s : batches[i]) members.push_back(&samples[s]);
       auto p = prepare(members);
@@ -199,7 +200,8 @@ torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vec
   dist::World& world = dist::World::get();
   std::vector<ProfileSample> samples;
   for (auto u : engine.users())
-    for (auto& s : engine.builder().evaluation_samples(u, engine.history())) samples.push_back(std::move(s));
+    for (auto& s : most_recent_samples(engine.builder().evaluation_samples(u, engine.history()), o.likelihood_interactions))
+      samples.push_back(std::move(s));
   const auto batches = pack_samples(samples, o.max_batch_tokens, o.max_batch_rows);
   const std::int64_t U = codes.size(0);
   std::vector<bool> has_history(static_cast<std::size_t>(U), false);
@@ -226,6 +228,7 @@ torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vec
         const auto [mine, mine_end] = dist::share_of_span(b, end, group, world.rank());
         std::vector<Part> parts(end - b);
         run_side_by_side(mine, mine_end, [&](std::size_t i) {
+          torch::NoGradGuard no_grad_here;  // grad mode is per thread
           std::vector<const ProfileSample*> members;
           for (auto s : batches[i]) members.push_back(&samples[s]);
           const auto p = engine.prepare(members);

@@ -98,6 +98,7 @@ void FitOptions::validate() const {
   USERIP_CHECK(codes_by != CodesBy::likelihood ||
                    (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
                "--codes-by likelihood needs the alternating mode, one codebook level (--levels 1) and no ablation");
+  USERIP_CHECK(likelihood_interactions >= 0, "--likelihood-interactions must be >= 0, got {}", likelihood_interactions);
   USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
   USERIP_CHECK(codebook_loss_weight >= 0, "the codebook loss weight must be >= 0, got {}", codebook_loss_weight);
   USERIP_CHECK(weight_decay >= 0 && weight_decay < 1, "the weight decay must be in [0, 1), got {}", weight_decay);
@@ -146,6 +147,8 @@ nlohmann::json FitOptions::to_json() const {
   if (samples.max_interactions > 0) j["max_interactions"] = samples.max_interactions;
   // Only when by likelihood: fits made before the option had their codes by distance, and keep their fingerprints.
   if (final_codes_by_likelihood()) j["codes_by"] = "likelihood";
+  // Only where codes by likelihood are made: fits made before the option read whole histories.
+  if (final_codes_by_likelihood() || refine_rounds > 0) j["likelihood_interactions"] = likelihood_interactions;
   // Only when not 1 (one seeding, as before restarts existed), so that such fits keep their fingerprints.
   if (kmeans_restarts != 1) j["kmeans_restarts"] = kmeans_restarts;
   // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
@@ -182,6 +185,7 @@ FitOptions options_from_json(const nlohmann::json& j, const std::string& source)
     o.refine_users = j.value("refine_users", std::int64_t{0});
     o.merge_margin_ratio = j.value("merge_margin_ratio", 0.0);
     o.codes_by = codes_by_from_string(j.value("codes_by", std::string("distance")));
+    o.likelihood_interactions = j.value("likelihood_interactions", std::int64_t{0});
     o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
     o.joint_batch = j.at("joint_batch").get<std::int64_t>();
     o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();

@@ -425,6 +425,17 @@ SampleBatch make_batch(const std::vector<const ProfileSample*>& samples, Attenti
   return batch;
 }
 
+std::vector<ProfileSample> most_recent_samples(std::vector<ProfileSample> samples, std::int64_t interactions) {
+  USERIP_CHECK(interactions >= 0, "profile samples: the most recent interactions must be >= 0, got {}", interactions);
+  if (interactions == 0 || samples.empty()) return samples;
+  std::size_t first = samples.size() - 1;
+  std::int64_t kept = static_cast<std::int64_t>(samples[first].rows.size());
+  while (first > 0 && kept + static_cast<std::int64_t>(samples[first - 1].rows.size()) <= interactions)
+    kept += static_cast<std::int64_t>(samples[--first].rows.size());
+  samples.erase(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(first));
+  return samples;
+}
+
 std::vector<std::vector<std::size_t>> pack_samples(const std::vector<ProfileSample>& samples,
                                                    std::int64_t max_batch_tokens, std::int64_t max_batch_rows) {
   USERIP_CHECK(max_batch_tokens >= 1 && max_batch_rows >= 1,

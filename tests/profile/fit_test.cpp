@@ -204,6 +204,7 @@ TEST_F(ProfileFit, CodesByLikelihoodAreTheCodesFoldInGivesTheFittedUsers) {
   const auto saved = load_fit(dir.path(), g_world->dataset, *g_world->tmpl);
   EXPECT_EQ(saved.profiles.likelihood_start_codes, fit.profiles.likelihood_start_codes);
   EXPECT_TRUE(saved.options.final_codes_by_likelihood());
+  EXPECT_EQ(saved.options.likelihood_interactions, options.likelihood_interactions);
   InferOptions io;
   io.show_progress = false;
   const std::vector<std::uint32_t> some(fit.profiles.users.begin(), fit.profiles.users.begin() + 8);

@@ -560,3 +560,30 @@ TEST(ProfileSamples, PackSamplesPadsNoFurtherThanEachBatchsLongest) {
 
 }  // namespace
 }  // namespace userip::profile
+
+namespace userip::profile {
+namespace {
+
+TEST(MostRecentSamples, KeepTheLastWholeSamplesUpToTheInteractionBudgetAndAtLeastOne) {
+  // Three chronological samples of 2, 3 and 4 interactions.
+  std::vector<ProfileSample> samples(3);
+  samples[0].rows = {0, 1};
+  samples[1].rows = {2, 3, 4};
+  samples[2].rows = {5, 6, 7, 8};
+  auto first_rows = [](const std::vector<ProfileSample>& kept) {
+    std::vector<std::size_t> firsts;
+    for (const auto& s : kept) firsts.push_back(s.rows.front());
+    return firsts;
+  };
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 0)), (std::vector<std::size_t>{0, 2, 5}));   // all
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 9)), (std::vector<std::size_t>{0, 2, 5}));
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 8)), (std::vector<std::size_t>{2, 5}));      // 7 of 8
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 7)), (std::vector<std::size_t>{2, 5}));
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 6)), (std::vector<std::size_t>{5}));
+  EXPECT_EQ(first_rows(most_recent_samples(samples, 1)), (std::vector<std::size_t>{5}));         // never none
+  EXPECT_TRUE(most_recent_samples({}, 5).empty());
+  testing::expect_error([&] { most_recent_samples(samples, -1); }, {"must be >= 0"});
+}
+
+}  // namespace
+}  // namespace userip::profile

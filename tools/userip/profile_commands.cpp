@@ -190,6 +190,10 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
                     "and no ablation, else distance)")
         ->check(CLI::IsMember({"auto", "distance", "likelihood"}))
         ->capture_default_str();
+    cmd->add_option("--likelihood-interactions", o.likelihood_interactions,
+                    "Codes by likelihood (final codes, refinement, later fold-ins of this fit) read each user's most "
+                    "recent interactions, at most this many (0 = all)")
+        ->capture_default_str();
     cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
     cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
         ->capture_default_str();

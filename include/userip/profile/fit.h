@@ -105,6 +105,10 @@ struct FitOptions {
   // Refinement rounds end with codes by likelihood of their own.
   CodesBy codes_by = CodesBy::automatic;
   bool final_codes_by_likelihood() const;
+  // Codes by likelihood (the final codes, refinement's final pass, fold-in) read each user's most
+  // recent interactions, at most this many (0 = all): the cost per user is bounded whatever the
+  // history's length, and a median MovieLens user (58 training interactions) is read whole.
+  std::int64_t likelihood_interactions = 128;
 
   // Joint mode (the released code's defaults).
   double joint_learning_rate = 0.01;

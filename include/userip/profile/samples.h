@@ -149,6 +149,10 @@ torch::Tensor attention_mask(const std::vector<const ProfileSample*>& samples, A
 SampleBatch make_batch(const std::vector<const ProfileSample*>& samples, AttentionStructure structure,
                        torch::Device device);
 
+// The last of a user's chronological samples whose interactions (rows) total at most
+// `interactions`, always at least one sample; 0 = all of them.
+std::vector<ProfileSample> most_recent_samples(std::vector<ProfileSample> samples, std::int64_t interactions);
+
 // Batches of sample indices grouped by length (lm::bucket_by_length): no padding beyond each
 // batch's longest sample, at most max_batch_tokens (rows × longest) and max_batch_rows per batch.
 std::vector<std::vector<std::size_t>> pack_samples(const std::vector<ProfileSample>& samples,
