@@ -37,7 +37,7 @@ run() {  # name, command...
   local tokens
   tokens=$(python3 -c "import json,sys; print(sum(json.loads(l)['tokens'] for l in open(sys.argv[1])))" "$out/$name/log.jsonl")
   local sharing
-  sharing=$(grep -o '[0-9.]* s of the E-step in the collectives' "$out/$name.log" | awk '{s+=$1} END {if (NR) printf "%.1f s", s; else print "-"}')
+  sharing=$( (grep -o '[0-9.]* s of the E-step in the collectives' "$out/$name.log" || true) | awk '{s+=$1} END {if (NR) printf "%.1f s", s; else print "-"}')
   python3 -c "import sys; n, w, t, s = sys.argv[1], float(sys.argv[3]) - float(sys.argv[2]), int(sys.argv[4]), sys.argv[5]
 print(f'{n:<22} wall {w:7.1f} s  label tokens {t:9d}  {t / w:8.0f} tokens/s  in collectives {s}')" \
     "$name" "$start" "$end" "$tokens" "$sharing"
