@@ -107,7 +107,7 @@ struct FitOptions {
   bool final_codes_by_likelihood() const;
   // Codes by likelihood (the final codes, refinement's final pass, fold-in) read each user's most
   // recent interactions, at most this many (0 = all): the cost per user is bounded whatever the
-  // history's length, and a median MovieLens user (58 training interactions) is read whole.
+  // history's length (docs/PROFILES.md).
   std::int64_t likelihood_interactions = 128;
 
   // Joint mode (the released code's defaults).
