@@ -9,8 +9,8 @@ void add_dist_commands(CLI::App& app, GlobalOptions& /*global*/) {
   auto* cmd = app.add_subcommand(
       "launch",
       "Run COMMAND as N ranks on this host (torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK, "
-      "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). `profile fit` and `profile infer` shard their users "
-      "across the ranks (docs/DISTRIBUTED.md). When a rank fails the others are stopped and the exit status "
+      "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). `profile fit` and `profile infer` share their batches "
+      "out across the ranks and `ctr train` trains data-parallel (docs/DISTRIBUTED.md). When a rank fails the others are stopped and the exit status "
       "is non-zero. Example: userip launch --nproc-per-node 2 -- userip profile fit --dataset D --model M --out F");
   auto o = std::make_shared<dist::LaunchOptions>();
   cmd->add_option("--nproc-per-node", o->nproc_per_node, "Ranks to start on this host")->capture_default_str();

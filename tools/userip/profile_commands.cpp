@@ -185,7 +185,8 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     auto codes_by = std::make_shared<std::string>("auto");
     cmd->add_option("--codes-by", *codes_by,
                     "The fitted users' final codes: likelihood (as fold-in gives a new user its codes: those under "
-                    "which the LM finds the user's whole history likeliest; profiles become codewords), distance "
+                    "which the LM finds the user's history likeliest, its most recent --likelihood-interactions; "
+                    "profiles become codewords), distance "
                     "(the codeword nearest each profile), auto (likelihood for the alternating mode with one level "
                     "and no ablation, else distance)")
         ->check(CLI::IsMember({"auto", "distance", "likelihood"}))
