@@ -466,10 +466,6 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
       auto r = joint ? engine.window_samples(static_cast<std::uint64_t>(round), o.joint_batch)
                      : engine.user_samples(static_cast<std::uint64_t>(round));
       std::size_t first = round == start_round ? start_batch : 0;
-      struct BatchOutcome {
-        double nll = 0;
-        std::int64_t labels = 0;
-      };
       const int steps = joint ? 1 : o.estep_steps;
       // One batch of the E-step: its users' steps on their own rows of z and of the Adam state.
       const auto run_batch = [&](std::size_t b) {
@@ -527,24 +523,7 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
         run_side_by_side(mine, mine_end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
         if (sharded) {
           const auto sharing_started = std::chrono::steady_clock::now();
-          std::vector<std::int64_t> rows;
-          for (std::size_t i = mine; i < mine_end; ++i)
-            for (auto s : r.batches[i]) rows.push_back(engine.row_of(r.samples[s].user));
-          std::sort(rows.begin(), rows.end());
-          rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
-          dist::share_rows(world, rows, {&z, &adam.m, &adam.v, &adam.steps});
-          auto mine_outcomes = torch::empty({static_cast<std::int64_t>(mine_end - mine), 2}, torch::kDouble);
-          for (std::size_t i = mine; i < mine_end; ++i) {
-            mine_outcomes[static_cast<std::int64_t>(i - mine)][0] = outcomes[i - b].nll;
-            mine_outcomes[static_cast<std::int64_t>(i - mine)][1] = static_cast<double>(outcomes[i - b].labels);
-          }
-          std::size_t next = 0;  // ranks' shares follow one another in batch order
-          for (const auto& share : world.all_gather_rows(mine_outcomes)) {
-            for (std::int64_t k = 0; k < share.size(0); ++k, ++next) {
-              outcomes[next].nll = share[k][0].item<double>();
-              outcomes[next].labels = static_cast<std::int64_t>(share[k][1].item<double>());
-            }
-          }
+          share_estep_span(world, engine, r, b, mine, mine_end, z, adam, outcomes);
           sharing_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sharing_started).count();
         }
         for (const auto& outcome : outcomes) {

@@ -154,6 +154,29 @@ std::pair<double, std::int64_t> Engine::total_nll(const std::vector<ProfileSampl
   return {nll, tokens};
 }
 
+void share_estep_span(dist::World& world, const Engine& engine, const Engine::Round& r, std::size_t b,
+                      std::size_t mine, std::size_t mine_end, torch::Tensor& z, RowAdam& adam,
+                      std::vector<BatchOutcome>& outcomes) {
+  std::vector<std::int64_t> rows;
+  for (std::size_t i = mine; i < mine_end; ++i)
+    for (auto s : r.batches[i]) rows.push_back(engine.row_of(r.samples[s].user));
+  std::sort(rows.begin(), rows.end());
+  rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+  dist::share_rows(world, rows, {&z, &adam.m, &adam.v, &adam.steps});
+  auto mine_outcomes = torch::empty({static_cast<std::int64_t>(mine_end - mine), 2}, torch::kDouble);
+  for (std::size_t i = mine; i < mine_end; ++i) {
+    mine_outcomes[static_cast<std::int64_t>(i - mine)][0] = outcomes[i - b].nll;
+    mine_outcomes[static_cast<std::int64_t>(i - mine)][1] = static_cast<double>(outcomes[i - b].labels);
+  }
+  std::size_t next = 0;
+  for (const auto& share : world.all_gather_rows(mine_outcomes)) {
+    for (std::int64_t k = 0; k < share.size(0); ++k, ++next) {
+      outcomes[next].nll = share[k][0].item<double>();
+      outcomes[next].labels = static_cast<std::int64_t>(share[k][1].item<double>());
+    }
+  }
+}
+
 int side_by_side_workers(const FitOptions& o) { return o.device.is_cpu() ? threads_for_side_by_side_work() : 1; }
 
 namespace {

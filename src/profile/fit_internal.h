@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "userip/dist/world.h"
 #include "userip/lm/model.h"
 #include "userip/profile/codebook.h"
 #include "userip/profile/fit.h"
@@ -312,6 +313,19 @@ void mstep(const Engine& engine, const torch::Tensor& z, std::vector<ResidualCod
 
 // Codes [U, A, R] of the profiles under the codebooks.
 torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<ResidualCodebook>& codebooks);
+
+// What one E-step batch gives back: its NLL and label tokens.
+struct BatchOutcome {
+  double nll = 0;
+  std::int64_t labels = 0;
+};
+
+// After an E-step span of batches [b, b + outcomes.size()) of which [mine, mine_end) ran on this rank:
+// those batches' users' rows of z and of the Adam state, and every batch's outcome, as every rank
+// holds them (batches hold disjoint users; ranks' shares follow one another in batch order).
+void share_estep_span(dist::World& world, const Engine& engine, const Engine::Round& r, std::size_t b,
+                      std::size_t mine, std::size_t mine_end, torch::Tensor& z, RowAdam& adam,
+                      std::vector<BatchOutcome>& outcomes);
 
 // Runs work(i) for every i in [first, end) at once, each in its own thread (the calling thread takes
 // `first`), single-threaded in ATen, and rethrows the first error in index order. Callers keep
