@@ -9,7 +9,6 @@
 #include <map>
 #include <set>
 
-#include "ctr/json_fields.h"
 #include "userip/ctr/controls.h"
 #include "userip/ctr/metrics.h"
 #include "userip/util/enum_names.h"
@@ -37,41 +36,41 @@ std::string to_string(Variant variant) { return enum_name(kVariantNames, variant
 
 Variant variant_from_string(std::string_view name) { return enum_from_name(kVariantNames, name, "variant"); }
 
+const OptionTable<CompareConfig>& CompareConfig::table() {
+  static const OptionTable<CompareConfig> table = [] {
+    using C = CompareConfig;
+    OptionTable<C> t("compare", /*flags_by_default=*/false);
+    t.add("experiments", &C::experiments, "Experiments of the configuration to run; empty: all (or the base alone)")
+        .flag("experiments");
+    t.add("seeds", &C::seeds, "Seeds per model and variant").range(1, 1000).flag("seeds");
+    t.add("seed_base", &C::seed_base, "The runs' seeds are seed_base, seed_base + 1, ...");
+    t.add_enum_list("variants", &C::variants, kVariantNames, "variant", "Variants compared").flag("variants");
+    t.add("control_codes", &C::control_codes, "Codes (k) of every no-LM control").at_least(2);
+    t.add("control_field", &C::control_field,
+          "Item field of control-genres and control-history; empty: the first category field");
+    t.add("cf_dim", &C::cf_dim, "Rank of control-cf's factorisation").at_least(1);
+    t.add("sparse_quantile", &C::sparse_quantile,
+          "Sparse users: the bottom quantile of training history length")
+        .range(0, 1)
+        .open_below()
+        .open_above();
+    return t;
+  }();
+  return table;
+}
+
 void CompareConfig::validate() const {
-  USERIP_CHECK(seeds >= 1 && seeds <= 1000, "compare: seeds must be in [1, 1000], got {}", seeds);
+  table().check(*this, Spelling::key, "compare");
   USERIP_CHECK(!variants.empty(), "compare: no variants");
   std::set<Variant> seen;
   for (auto v : variants) USERIP_CHECK(seen.insert(v).second, "compare: variant '{}' is listed twice", to_string(v));
-  USERIP_CHECK(control_codes >= 2, "compare: control_codes must be at least 2, got {}", control_codes);
-  USERIP_CHECK(cf_dim >= 1, "compare: cf_dim must be at least 1, got {}", cf_dim);
-  USERIP_CHECK(sparse_quantile > 0 && sparse_quantile < 1, "compare: sparse_quantile must be in (0, 1), got {}",
-               sparse_quantile);
 }
 
-json CompareConfig::to_json() const {
-  std::vector<std::string> names;
-  for (auto v : variants) names.push_back(to_string(v));
-  return {{"experiments", experiments},     {"seeds", seeds},   {"seed_base", seed_base},
-          {"variants", names},              {"control_codes", control_codes}, {"control_field", control_field},
-          {"cf_dim", cf_dim},               {"sparse_quantile", sparse_quantile}};
-}
+json CompareConfig::to_json() const { return table().to_json(*this); }
 
 CompareConfig CompareConfig::from_json(const json& j, const CompareConfig& defaults) {
   CompareConfig c = defaults;
-  JsonFields fields(j, "compare");
-  fields.read("experiments", c.experiments);
-  fields.read("seeds", c.seeds);
-  fields.read("seed_base", c.seed_base);
-  std::vector<std::string> names;
-  if (fields.read("variants", names)) {
-    c.variants.clear();
-    for (const auto& n : names) c.variants.push_back(variant_from_string(n));
-  }
-  fields.read("control_codes", c.control_codes);
-  fields.read("control_field", c.control_field);
-  fields.read("cf_dim", c.cf_dim);
-  fields.read("sparse_quantile", c.sparse_quantile);
-  fields.finish();
+  table().read(j, c, "compare", Absent::keep);
   c.validate();
   return c;
 }

@@ -8,7 +8,6 @@
 #include <map>
 #include <set>
 
-#include "ctr/json_fields.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
@@ -41,11 +40,30 @@ ProfileInput profile_input_from_string(std::string_view name) {
   return enum_from_name(kProfileInputNames, name, "profile input");
 }
 
+const OptionTable<FeatureConfig>& FeatureConfig::table() {
+  static const OptionTable<FeatureConfig> table = [] {
+    using C = FeatureConfig;
+    OptionTable<C> t("features", /*flags_by_default=*/false);
+    t.add("user_id", &C::user_id, "The user's id is a field");
+    t.add("item_id", &C::item_id, "The item's id is a field");
+    t.add("min_count", &C::min_count, "Training interactions a value needs to get its own index").at_least(1);
+    t.add("number_buckets", &C::number_buckets, "Quantile buckets of number fields (over the training items)")
+        .range(1, 1000);
+    t.add("max_values", &C::max_values, "Multi-hot values kept per example (the first ones in item order)")
+        .range(1, 1024);
+    t.add_enum("profile", &C::profile, kProfileInputNames, "profile input",
+               "What the model reads of the user's profile: none, codes (feature bank) or dense (profile vectors); "
+               "where none, `ctr train` reads codes when given --bank and dense vectors when given --profiles")
+        .flag("profile-input");
+    t.add("item_fields", &C::item_fields,
+          "Item fields by name; null: every category, category list and number field of the dataset");
+    return t;
+  }();
+  return table;
+}
+
 void FeatureConfig::validate() const {
-  USERIP_CHECK(min_count >= 1, "features: min_count must be at least 1, got {}", min_count);
-  USERIP_CHECK(number_buckets >= 1 && number_buckets <= 1000, "features: number_buckets must be in [1, 1000], got {}",
-               number_buckets);
-  USERIP_CHECK(max_values >= 1 && max_values <= 1024, "features: max_values must be in [1, 1024], got {}", max_values);
+  table().check(*this, Spelling::key, "features");
   if (item_fields) {
     std::set<std::string> seen;
     for (const auto& name : *item_fields) {
@@ -55,33 +73,11 @@ void FeatureConfig::validate() const {
   }
 }
 
-json FeatureConfig::to_json() const {
-  json j = {{"user_id", user_id},         {"item_id", item_id},       {"min_count", min_count},
-            {"number_buckets", number_buckets}, {"max_values", max_values}, {"profile", ctr::to_string(profile)}};
-  j["item_fields"] = item_fields ? json(*item_fields) : json(nullptr);
-  return j;
-}
+json FeatureConfig::to_json() const { return table().to_json(*this); }
 
 FeatureConfig FeatureConfig::from_json(const json& j, const FeatureConfig& defaults) {
   FeatureConfig c = defaults;
-  JsonFields fields(j, "features");
-  fields.read("user_id", c.user_id);
-  fields.read("item_id", c.item_id);
-  fields.read("min_count", c.min_count);
-  fields.read("number_buckets", c.number_buckets);
-  fields.read("max_values", c.max_values);
-  std::string profile = to_string(c.profile);
-  if (fields.read("profile", profile)) c.profile = profile_input_from_string(profile);
-  if (fields.has("item_fields")) {
-    if (fields.get("item_fields").is_null()) {
-      c.item_fields.reset();
-    } else {
-      std::vector<std::string> names;
-      fields.read("item_fields", names);
-      c.item_fields = names;
-    }
-  }
-  fields.finish();
+  table().read(j, c, "features", Absent::keep);
   c.validate();
   return c;
 }

@@ -28,14 +28,6 @@ constexpr EnumName<ModelKind> kModelNames[] = {{ModelKind::lr, "lr"}, {ModelKind
 
 bool uses_cross(ModelKind kind) { return kind == ModelKind::dcn || kind == ModelKind::dcnv2; }
 
-// ---- configuration -------------------------------------------------------------------------
-
-std::int64_t config_int(const json& value, const char* key) {
-  USERIP_CHECK(value.is_number_integer(), "model config: \"{}\" must be an integer, got {}", key,
-               value.type_name());
-  return value.get<std::int64_t>();
-}
-
 // ---- shared building blocks ----------------------------------------------------------------
 
 // The hidden layers of a deep part: Linear -> ReLU -> dropout for each size. Registered on the
@@ -307,54 +299,34 @@ std::string to_string(ModelKind kind) { return enum_name(kModelNames, kind); }
 
 ModelKind model_kind_from_string(std::string_view name) { return enum_from_name(kModelNames, name, "model"); }
 
+const OptionTable<ModelConfig>& ModelConfig::table() {
+  static const OptionTable<ModelConfig> table = [] {
+    using C = ModelConfig;
+    OptionTable<C> t("model", /*flags_by_default=*/false);
+    t.add_enum("kind", &C::kind, kModelNames, "model", "The CTR model").flag("kind");
+    t.add("embedding_dim", &C::embedding_dim, "k, the size of each field's vector").at_least(1);
+    t.add("mlp", &C::mlp, "Hidden sizes of the deep part of deepfm, dcn, dcnv2 (each >= 1; may be empty)");
+    t.add("dropout", &C::dropout, "Dropout after each hidden layer, training only").range(0, 1).open_above();
+    t.add("cross_layers", &C::cross_layers, "L, cross layers of dcn and dcnv2 (>= 1 for them)").at_least(0);
+    return t;
+  }();
+  return table;
+}
+
 void ModelConfig::validate() const {
-  USERIP_CHECK(embedding_dim >= 1, "model config: \"embedding_dim\" must be >= 1, got {}", embedding_dim);
+  table().check(*this, Spelling::key, "model config");
   for (std::size_t i = 0; i < mlp.size(); ++i) {
     USERIP_CHECK(mlp[i] >= 1, "model config: \"mlp\"[{}] must be >= 1, got {}", i, mlp[i]);
   }
-  USERIP_CHECK(dropout >= 0.0 && dropout < 1.0, "model config: \"dropout\" must be in [0, 1), got {}", dropout);
-  USERIP_CHECK(cross_layers >= 0, "model config: \"cross_layers\" must be >= 0, got {}", cross_layers);
   USERIP_CHECK(!uses_cross(kind) || cross_layers >= 1, "model config: \"cross_layers\" must be >= 1 for {}, got {}",
                to_string(kind), cross_layers);
 }
 
-nlohmann::json ModelConfig::to_json() const {
-  return {{"kind", to_string(kind)},
-          {"embedding_dim", embedding_dim},
-          {"mlp", mlp},
-          {"dropout", dropout},
-          {"cross_layers", cross_layers}};
-}
+nlohmann::json ModelConfig::to_json() const { return table().to_json(*this); }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& json, const ModelConfig& defaults) {
-  USERIP_CHECK(json.is_object(), "model config: expected a JSON object, got {}", json.type_name());
   ModelConfig config = defaults;
-  for (const auto& [key, value] : json.items()) {
-    if (key == "kind") {
-      USERIP_CHECK(value.is_string(), "model config: \"kind\" must be a string, got {}", value.type_name());
-      try {
-        config.kind = model_kind_from_string(value.get<std::string>());
-      } catch (const Error& e) {
-        fail("model config: \"kind\": {}", e.what());
-      }
-    } else if (key == "embedding_dim") {
-      config.embedding_dim = config_int(value, "embedding_dim");
-    } else if (key == "mlp") {
-      USERIP_CHECK(value.is_array(), "model config: \"mlp\" must be a list of layer sizes, got {}", value.type_name());
-      config.mlp.clear();
-      for (const auto& size : value) config.mlp.push_back(config_int(size, "mlp"));
-    } else if (key == "dropout") {
-      USERIP_CHECK(value.is_number(), "model config: \"dropout\" must be a number, got {}", value.type_name());
-      config.dropout = value.get<double>();
-    } else if (key == "cross_layers") {
-      const auto layers = config_int(value, "cross_layers");
-      USERIP_CHECK(layers >= std::numeric_limits<int>::min() && layers <= std::numeric_limits<int>::max(),
-                   "model config: \"cross_layers\" is out of range: {}", layers);
-      config.cross_layers = static_cast<int>(layers);
-    } else {
-      fail("model config: unknown key \"{}\" (expected: kind, embedding_dim, mlp, dropout, cross_layers)", key);
-    }
-  }
+  table().read(json, config, "model config", Absent::keep);
   config.validate();
   return config;
 }

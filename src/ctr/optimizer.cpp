@@ -12,12 +12,6 @@ namespace userip::ctr {
 // Named rather than anonymous: CtrOptimizer::Impl holds these types, which must not have internal
 // linkage (-Wsubobject-linkage).
 namespace optimizer_internal {
-constexpr EnumName<EmbeddingOptimizer> kEmbeddingOptimizerNames[] = {
-    {EmbeddingOptimizer::adam, "adam"},
-    {EmbeddingOptimizer::lazy_adam, "lazy_adam"},
-    {EmbeddingOptimizer::adagrad, "adagrad"},
-};
-
 // torch's defaults for Adam and Adagrad, so that the three choices differ only where documented.
 constexpr double kBeta1 = 0.9;
 constexpr double kBeta2 = 0.999;
@@ -214,7 +208,6 @@ void row_step(ParamState& s, const torch::Tensor& grad, const StepScalars& c, Ro
 
 }  // namespace optimizer_internal
 
-using optimizer_internal::kEmbeddingOptimizerNames;
 using optimizer_internal::ParamState;
 using optimizer_internal::RowMerger;
 using optimizer_internal::Rule;

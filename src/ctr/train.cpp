@@ -10,7 +10,6 @@
 #include <limits>
 #include <unordered_set>
 
-#include "ctr/json_fields.h"
 #include "userip/ctr/metrics.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/error.h"
@@ -24,34 +23,44 @@ namespace userip::ctr {
 
 using nlohmann::json;
 
-void TrainConfig::validate() const {
-  USERIP_CHECK(learning_rate > 0 && std::isfinite(learning_rate), "train: learning_rate must be positive, got {}",
-               learning_rate);
-  USERIP_CHECK(l2 >= 0 && std::isfinite(l2), "train: l2 must be >= 0, got {}", l2);
-  USERIP_CHECK(!embedding_learning_rate || (*embedding_learning_rate > 0 && std::isfinite(*embedding_learning_rate)),
-               "train: embedding_learning_rate must be positive (or null: learning_rate), got {}",
-               embedding_learning_rate.value_or(0));
-  USERIP_CHECK(batch_size >= 1, "train: batch_size must be at least 1, got {}", batch_size);
-  USERIP_CHECK(max_epochs >= 1, "train: max_epochs must be at least 1, got {}", max_epochs);
-  USERIP_CHECK(patience >= 1, "train: patience must be at least 1, got {}", patience);
-  USERIP_CHECK(plateau_decay > 0 && plateau_decay <= 1, "train: plateau_decay must be in (0, 1], got {}", plateau_decay);
-  USERIP_CHECK(shards >= 0 && shards <= 4096, "train: shards must be in [0, 4096], got {}", shards);
+const OptionTable<TrainConfig>& TrainConfig::table() {
+  static const OptionTable<TrainConfig> table = [] {
+    using C = TrainConfig;
+    OptionTable<C> t("train", /*flags_by_default=*/false);
+    t.add("learning_rate", &C::learning_rate, "Adam learning rate of the dense layers (and of the tables, unless "
+          "embedding_learning_rate is set)").above(0);
+    t.add("l2", &C::l2, "Weight decay (L2) of the embedding tables only (`embedding.weight`, `linear.weight`)").at_least(0);
+    t.add_enum("embedding_optimizer", &C::embedding_optimizer, kEmbeddingOptimizerNames, "embedding optimizer",
+               "How the embedding tables learn: lazy_adam (only the batch's rows, a step's cost independent of the "
+               "vocabulary), adam (every row every step) or adagrad (row-wise)")
+        .flag("embedding-optimizer");
+    t.add("embedding_learning_rate", &C::embedding_learning_rate,
+          "Learning rate of the embedding tables; null: learning_rate")
+        .above(0);
+    t.add("batch_size", &C::batch_size, "Examples per step").at_least(1);
+    t.add("max_epochs", &C::max_epochs, "Epochs at most (early stopping on validation AUC)")
+        .at_least(1)
+        .flag("max-epochs")
+        .alias("epochs");
+    t.add("patience", &C::patience, "Epochs without a better validation AUC before stopping").at_least(1);
+    t.add("plateau_decay", &C::plateau_decay, "Learning rate multiplier after an epoch without improvement")
+        .range(0, 1)
+        .open_below();
+    t.add("seed", &C::seed, "Seed of initialisation, shuffling and dropout").flag("seed");
+    t.add("shards", &C::shards,
+          "Compute each batch's gradient as this many fixed slices summed in order: under `userip launch` the ranks "
+          "share the slices and the model is the same at every world size; 0 = one slice per rank")
+        .range(0, 4096)
+        .flag("shards")
+        .written_when([](const C& c) { return c.shards > 0; });  // runs made before it keep their fingerprints
+    return t;
+  }();
+  return table;
 }
 
-json TrainConfig::to_json() const {
-  json j = {{"learning_rate", learning_rate},
-          {"l2", l2},
-          {"embedding_optimizer", to_string(embedding_optimizer)},
-          {"embedding_learning_rate", embedding_learning_rate ? json(*embedding_learning_rate) : json(nullptr)},
-          {"batch_size", batch_size},
-          {"max_epochs", max_epochs},
-          {"patience", patience},
-          {"plateau_decay", plateau_decay},
-          {"seed", seed}};
-  // Only when set, so that runs made before the option existed keep their fingerprints.
-  if (shards > 0) j["shards"] = shards;
-  return j;
-}
+void TrainConfig::validate() const { table().check(*this, Spelling::key, "train"); }
+
+json TrainConfig::to_json() const { return table().to_json(*this); }
 
 OptimizerSettings TrainConfig::optimizer_settings() const {
   OptimizerSettings s;
@@ -64,30 +73,7 @@ OptimizerSettings TrainConfig::optimizer_settings() const {
 
 TrainConfig TrainConfig::from_json(const json& j, const TrainConfig& defaults) {
   TrainConfig c = defaults;
-  JsonFields fields(j, "train");
-  fields.read("learning_rate", c.learning_rate);
-  fields.read("l2", c.l2);
-  std::string optimizer;
-  if (fields.read("embedding_optimizer", optimizer)) {
-    try {
-      c.embedding_optimizer = embedding_optimizer_from_string(optimizer);
-    } catch (const Error& e) {
-      fail("train: \"embedding_optimizer\": {}", e.what());
-    }
-  }
-  if (fields.has("embedding_learning_rate") && fields.get("embedding_learning_rate").is_null()) {
-    c.embedding_learning_rate.reset();
-  } else {
-    double rate = 0;
-    if (fields.read("embedding_learning_rate", rate)) c.embedding_learning_rate = rate;
-  }
-  fields.read("batch_size", c.batch_size);
-  fields.read("max_epochs", c.max_epochs);
-  fields.read("patience", c.patience);
-  fields.read("plateau_decay", c.plateau_decay);
-  fields.read("seed", c.seed);
-  fields.read("shards", c.shards);
-  fields.finish();
+  table().read(j, c, "train", Absent::keep);
   c.validate();
   return c;
 }

@@ -33,32 +33,37 @@ SplitPart split_part_from_string(std::string_view name) { return enum_from_name(
 
 std::vector<std::string> list_values(std::string_view joined) { return split_list(joined, '|'); }
 
+const OptionTable<SplitConfig>& SplitConfig::table() {
+  static const OptionTable<SplitConfig> table = [] {
+    using C = SplitConfig;
+    OptionTable<C> t("split");
+    t.add("train_ratio", &C::train_ratio, "Share of each warm user's chronological history for training")
+        .range(0, 1)
+        .open_below();
+    t.add("valid_ratio", &C::valid_ratio, "Share for validation").range(0, 1);
+    t.add("test_ratio", &C::test_ratio, "Share for test").range(0, 1);
+    t.add("cold_fraction", &C::cold_fraction, "Fraction of users held out entirely (cold users)").range(0, 1).open_above();
+    t.add("seed", &C::seed, "Seed of the cold-user draw");
+    t.add("label_threshold", &C::label_threshold, "click = rating >= threshold (rating data)");
+    return t;
+  }();
+  return table;
+}
+
 void SplitConfig::validate() const {
-  auto in_unit = [](double x) { return x >= 0.0 && x <= 1.0; };
-  USERIP_CHECK(in_unit(train_ratio) && in_unit(valid_ratio) && in_unit(test_ratio),
-               "split ratios must lie in [0, 1] (train {}, valid {}, test {})", train_ratio, valid_ratio, test_ratio);
-  USERIP_CHECK(train_ratio > 0, "the train ratio must be > 0");
+  const auto& t = table();
+  t.check(*this, Spelling::flag);
   USERIP_CHECK(std::abs(train_ratio + valid_ratio + test_ratio - 1.0) < 1e-6,
-               "split ratios must sum to 1 (train {} + valid {} + test {} = {})", train_ratio, valid_ratio,
-               test_ratio, train_ratio + valid_ratio + test_ratio);
-  USERIP_CHECK(cold_fraction >= 0.0 && cold_fraction < 1.0, "the cold-user fraction must lie in [0, 1), got {}",
-               cold_fraction);
-  USERIP_CHECK(std::isfinite(label_threshold), "the label threshold must be a finite number");
+               "{} + {} + {} must sum to 1 ({} + {} + {} = {})", t.name_of("train_ratio", Spelling::flag),
+               t.name_of("valid_ratio", Spelling::flag), t.name_of("test_ratio", Spelling::flag), train_ratio,
+               valid_ratio, test_ratio, train_ratio + valid_ratio + test_ratio);
 }
 
-nlohmann::json SplitConfig::to_json() const {
-  return {{"train_ratio", train_ratio},   {"valid_ratio", valid_ratio}, {"test_ratio", test_ratio},
-          {"cold_fraction", cold_fraction}, {"seed", seed},             {"label_threshold", label_threshold}};
-}
+nlohmann::json SplitConfig::to_json() const { return table().to_json(*this); }
 
-SplitConfig SplitConfig::from_json(const nlohmann::json& json) {
+SplitConfig SplitConfig::from_json(const nlohmann::json& json, const std::string& source) {
   SplitConfig c;
-  c.train_ratio = json.at("train_ratio").get<double>();
-  c.valid_ratio = json.at("valid_ratio").get<double>();
-  c.test_ratio = json.at("test_ratio").get<double>();
-  c.cold_fraction = json.at("cold_fraction").get<double>();
-  c.seed = json.at("seed").get<std::uint64_t>();
-  c.label_threshold = json.at("label_threshold").get<double>();
+  table().read(json, c, source, Absent::required);
   c.validate();
   return c;
 }

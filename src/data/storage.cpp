@@ -214,7 +214,7 @@ Split read_split(const std::filesystem::path& dir, std::size_t num_interactions)
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(read_file(dir / kSplitFile));
-    split.config = SplitConfig::from_json(json.at("config"));
+    split.config = SplitConfig::from_json(json.at("config"), (dir / kSplitFile).string());
   } catch (const nlohmann::json::exception& e) {
     fail("{}: invalid split description: {}", (dir / kSplitFile).string(), e.what());
   }

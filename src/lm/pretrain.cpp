@@ -143,41 +143,51 @@ void write_lines(const fs::path& path, const std::vector<std::string>& lines) {
 
 }  // namespace
 
-void PretrainOptions::validate() const {
-  USERIP_CHECK(hidden_size >= 8 && num_layers >= 1 && num_heads >= 1 && intermediate_size >= 1,
-               "model shape must be positive (hidden {}, layers {}, heads {}, ffn {})", hidden_size, num_layers,
-               num_heads, intermediate_size);
-  USERIP_CHECK(hidden_size % num_heads == 0 && (hidden_size / num_heads) % 2 == 0,
-               "hidden size {} must split into {} heads of an even size (RoPE rotates pairs)", hidden_size, num_heads);
-  USERIP_CHECK(vocab_size >= 100 && vocab_size <= 1'000'000, "vocabulary size must be in [100, 1e6], got {}", vocab_size);
-  USERIP_CHECK(context >= 8 && context <= 8192, "context must be in [8, 8192], got {}", context);
-  USERIP_CHECK(steps >= 1 && batch_sequences >= 1, "steps and batch size must be >= 1");
-  USERIP_CHECK(learning_rate > 0 && learning_rate < 1, "learning rate must be in (0, 1), got {}", learning_rate);
-  USERIP_CHECK(warmup_steps >= 1, "warm-up steps must be >= 1, got {}", warmup_steps);
-  USERIP_CHECK(weight_decay >= 0 && grad_clip > 0, "weight decay must be >= 0 and the gradient clip > 0");
-  USERIP_CHECK(eval_every >= 1 && checkpoint_every >= 1, "evaluation and checkpoint intervals must be >= 1");
-  USERIP_CHECK(max_eval_tokens >= context, "held-out evaluation needs at least one sequence of {} tokens, got {}",
-               context, max_eval_tokens);
-  USERIP_CHECK(stop_after_step >= 0, "stop_after_step must be >= 0, got {}", stop_after_step);
+const OptionTable<PretrainOptions>& PretrainOptions::table() {
+  static const OptionTable<PretrainOptions> table = [] {
+    using O = PretrainOptions;
+    OptionTable<O> t("pretrain");
+    t.add("hidden_size", &O::hidden_size, "Hidden size").at_least(8).alias("hidden");
+    t.add("num_layers", &O::num_layers, "Transformer layers").at_least(1).alias("layers");
+    t.add("num_heads", &O::num_heads, "Attention heads").at_least(1).alias("heads");
+    t.add("intermediate_size", &O::intermediate_size, "SwiGLU hidden size").at_least(1).alias("ffn");
+    t.add("vocab_size", &O::vocab_size, "SentencePiece vocabulary size (at most)").range(100, 1'000'000).alias("vocab");
+    t.add("context", &O::context, "Tokens per training sequence (and the model's positions)").range(8, 8192);
+    t.add("tie_embeddings", &O::tie_embeddings, "Output layer shares the input embedding");
+    t.add("steps", &O::steps, "Optimizer steps").at_least(1);
+    t.add("batch_sequences", &O::batch_sequences, "Sequences per step").at_least(1).alias("batch");
+    t.add("learning_rate", &O::learning_rate, "Peak AdamW learning rate (cosine decay to 10% of it)")
+        .range(0, 1)
+        .open_below()
+        .open_above();
+    t.add("warmup_steps", &O::warmup_steps, "Steps of linear warm-up").at_least(1);
+    t.add("weight_decay", &O::weight_decay, "AdamW weight decay").at_least(0);
+    t.add("grad_clip", &O::grad_clip, "Gradient norm clip").above(0);
+    t.add("max_eval_tokens", &O::max_eval_tokens, "Held-out tokens scored per evaluation (windows spread evenly)");
+    t.add("seed", &O::seed, "Seed of weights, batches and tokenizer");
+    t.add("eval_every", &O::eval_every, "Steps between held-out perplexity evaluations").at_least(1).not_saved();
+    t.add("checkpoint_every", &O::checkpoint_every, "Steps between resumable checkpoints").at_least(1).not_saved();
+    t.add("stop_after_step", &O::stop_after_step,
+          "Stop after this many steps as an interruption would (checkpoint written, no model; 0 = run to the end)")
+        .at_least(0)
+        .not_saved();
+    return t;
+  }();
+  return table;
 }
 
-nlohmann::json PretrainOptions::to_json() const {
-  return {{"hidden_size", hidden_size},
-          {"num_layers", num_layers},
-          {"num_heads", num_heads},
-          {"intermediate_size", intermediate_size},
-          {"vocab_size", vocab_size},
-          {"context", context},
-          {"tie_embeddings", tie_embeddings},
-          {"steps", steps},
-          {"batch_sequences", batch_sequences},
-          {"learning_rate", learning_rate},
-          {"warmup_steps", warmup_steps},
-          {"weight_decay", weight_decay},
-          {"grad_clip", grad_clip},
-          {"max_eval_tokens", max_eval_tokens},
-          {"seed", seed}};
+void PretrainOptions::validate() const {
+  const auto& t = table();
+  t.check(*this, Spelling::flag);
+  auto flag = [&](const char* key) { return t.name_of(key, Spelling::flag); };
+  USERIP_CHECK(hidden_size % num_heads == 0 && (hidden_size / num_heads) % 2 == 0,
+               "{} {} must split into {} {} of an even size (RoPE rotates pairs)", flag("hidden_size"), hidden_size,
+               flag("num_heads"), num_heads);
+  USERIP_CHECK(max_eval_tokens >= context, "{} must hold at least one sequence of {} {} tokens, got {}",
+               flag("max_eval_tokens"), flag("context"), context, max_eval_tokens);
 }
+
+nlohmann::json PretrainOptions::to_json() const { return table().to_json(*this); }
 
 std::string pretrain_fingerprint(const text::Corpus& corpus, const PretrainOptions& options) {
   std::uint64_t h = fnv1a64(options.to_json().dump());

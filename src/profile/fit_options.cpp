@@ -24,6 +24,7 @@
 #include "userip/data/export.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/enum_names.h"
+#include "userip/util/option_table.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
@@ -64,145 +65,152 @@ ProfileAblation profile_ablation_from_string(std::string_view name) {
   return enum_from_name(kAblationNames, name, "ablation");
 }
 
-void FitOptions::validate() const {
-  USERIP_CHECK(codes >= 1 && codes <= ResidualCodebook::kMaxCodes, "--codes must be in [1, {}], got {}",
-               ResidualCodebook::kMaxCodes, codes);
-  for (const auto& [name, k] : codes_per_attribute)
-    USERIP_CHECK(k >= 1 && k <= ResidualCodebook::kMaxCodes, "--codes for attribute '{}' must be in [1, {}], got {}",
-                 name, ResidualCodebook::kMaxCodes, k);
-  USERIP_CHECK(levels >= 1 && levels <= ResidualCodebook::kMaxLevels, "--levels must be in [1, {}], got {}",
-               ResidualCodebook::kMaxLevels, levels);
-  USERIP_CHECK(rounds >= 1 && rounds <= 1000, "--rounds must be in [1, 1000], got {}", rounds);
-  USERIP_CHECK(estep_steps >= 1 && estep_steps <= 1000, "--estep-steps must be in [1, 1000], got {}", estep_steps);
-  USERIP_CHECK(learning_rate > 0 && learning_rate <= 10, "--learning-rate must be in (0, 10], got {}", learning_rate);
-  USERIP_CHECK(joint_learning_rate > 0 && joint_learning_rate <= 10, "--joint-learning-rate must be in (0, 10], got {}",
-               joint_learning_rate);
-  USERIP_CHECK(lambda_start > 0 && lambda_end >= lambda_start,
-               "the prior weights need 0 < --lambda-start <= --lambda-end, got {} and {}", lambda_start, lambda_end);
-  USERIP_CHECK(mstep_iterations >= 1 && mstep_iterations <= 1000, "--mstep-iterations must be in [1, 1000], got {}",
-               mstep_iterations);
-  USERIP_CHECK(kmeans_restarts >= 1 && kmeans_restarts <= 1000, "--kmeans-restarts must be in [1, 1000], got {}",
-               kmeans_restarts);
-  USERIP_CHECK(refine_rounds >= 0 && refine_rounds <= 1000, "--refine-rounds must be in [0, 1000], got {}", refine_rounds);
-  USERIP_CHECK(refine_learning_rate > 0 && refine_learning_rate <= 10, "--refine-learning-rate must be in (0, 10], got {}",
-               refine_learning_rate);
-  USERIP_CHECK(refine_steps >= 0 && refine_steps <= 1000000, "--refine-steps must be in [0, 1000000], got {}",
-               refine_steps);
-  USERIP_CHECK(refine_users >= 0, "--refine-users must be >= 0, got {}", refine_users);
-  USERIP_CHECK(merge_margin_ratio >= 0 && merge_margin_ratio <= 1, "--merge-margin-ratio must be in [0, 1], got {}",
-               merge_margin_ratio);
-  USERIP_CHECK(merge_margin_ratio == 0 || refine_rounds > 0,
-               "--merge-margin-ratio acts in refinement rounds: it needs --refine-rounds > 0");
-  USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
-               "--refine-rounds needs the alternating mode, one codebook level (--levels 1) and no ablation");
-  USERIP_CHECK(codes_by != CodesBy::likelihood ||
-                   (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
-               "--codes-by likelihood needs the alternating mode, one codebook level (--levels 1) and no ablation");
-  USERIP_CHECK(likelihood_interactions >= 0, "--likelihood-interactions must be >= 0, got {}", likelihood_interactions);
-  USERIP_CHECK(joint_batch >= 1, "--joint-batch must be >= 1, got {}", joint_batch);
-  USERIP_CHECK(codebook_loss_weight >= 0, "the codebook loss weight must be >= 0, got {}", codebook_loss_weight);
-  USERIP_CHECK(weight_decay >= 0 && weight_decay < 1, "the weight decay must be in [0, 1), got {}", weight_decay);
-  USERIP_CHECK(init_range > 0, "the initial range must be > 0, got {}", init_range);
-  USERIP_CHECK(population_steps >= 0 && population_steps <= 100000, "--population-steps must be in [0, 100000], got {}",
-               population_steps);
-  USERIP_CHECK(samples.max_tokens >= 8 && samples.max_tokens <= 1 << 20, "--max-tokens must be in [8, 1048576], got {}",
-               samples.max_tokens);
-  USERIP_CHECK(samples.samples_per_user >= 1 && samples.samples_per_user <= 1000,
-               "--samples-per-user must be in [1, 1000], got {}", samples.samples_per_user);
-  USERIP_CHECK(samples.max_interactions >= 0 && samples.max_interactions <= 100000,
-               "--interactions-per-sample must be in [0, 100000], got {}", samples.max_interactions);
-  USERIP_CHECK(max_batch_tokens >= samples.max_tokens, "--batch-tokens ({}) must be at least --max-tokens ({})",
-               max_batch_tokens, samples.max_tokens);
-  USERIP_CHECK(max_batch_rows >= 1, "--batch-rows must be >= 1, got {}", max_batch_rows);
-  USERIP_CHECK(max_eval_users >= 0, "--eval-users must be >= 0, got {}", max_eval_users);
-  USERIP_CHECK(checkpoint_seconds >= 0, "the checkpoint interval must be >= 0, got {}", checkpoint_seconds);
+const OptionTable<FitOptions>& FitOptions::table() {
+  static const OptionTable<FitOptions> table = [] {
+    using O = FitOptions;
+    OptionTable<O> t("fit");
+    t.add_enum("mode", &O::mode, kEmModeNames, "EM mode",
+               "EM scheme: alternating (E-step/M-step) or joint (the released code's)");
+    t.add_enum("attention", &O::attention, kAttentionStructureNames, "attention structure",
+               "segment (each attribute's evidence and soft tokens see only their own segment) or causal");
+    t.add_enum("ablation", &O::ablation, kAblationNames, "ablation",
+               "none, no-codebook (dense profiles only), random or mean");
+    t.add("codes", &O::codes, "Codes per attribute and level (K)").range(1, ResidualCodebook::kMaxCodes);
+    t.add("codes_per_attribute", &O::codes_per_attribute, "K for one attribute, as NAME=K (repeatable)")
+        .alias("attribute-codes");
+    t.add("levels", &O::levels, "Residual codebook levels (hierarchical IDs)").range(1, ResidualCodebook::kMaxLevels);
+    t.add("rounds", &O::rounds, "EM rounds (alternating) or epochs (joint)").range(1, 1000);
+    t.add("population_steps", &O::population_steps,
+          "Adam steps on one profile shared by all users, the start of every user's E-steps (alternating)")
+        .range(0, 100000)
+        .absent_means(0);
+    t.add("estep_steps", &O::estep_steps, "Adam steps per batch in each E-step").range(1, 1000);
+    t.add("learning_rate", &O::learning_rate, "Adam learning rate of the soft tokens (alternating)")
+        .range(0, 10)
+        .open_below();
+    t.add("mstep_iterations", &O::mstep_iterations, "Lloyd iterations of each M-step at fixed profiles (alternating)")
+        .range(1, 1000);
+    // Each option added after the first fits is written only when it differs from what fits made
+    // before it did, so that those fits keep their fingerprints (and are reused).
+    t.add("kmeans_restarts", &O::kmeans_restarts,
+          "k-means++ seedings tried for the first codebooks; the one with the lowest quantization error after "
+          "--mstep-iterations Lloyd steps is kept (alternating)")
+        .range(1, 1000)
+        .written_when([](const O& o) { return o.kmeans_restarts != 1; })
+        .absent_means(1);
+    t.add("joint_learning_rate", &O::joint_learning_rate, "AdamW learning rate (joint)").range(0, 10).open_below();
+    t.add("joint_batch", &O::joint_batch, "Samples per step (joint)").at_least(1);
+    t.add("refine_rounds", &O::refine_rounds,
+          "Rounds after the EM rounds in which each user takes the code whose codeword gives its behaviour the "
+          "highest likelihood and codewords follow their members' likelihood gradient (alternating, one level)")
+        .range(0, 1000)
+        .written_when([](const O& o) { return o.refine_rounds > 0; })
+        .absent_means(0);
+    t.add("refine_learning_rate", &O::refine_learning_rate, "Adam learning rate of the codewords in refinement rounds")
+        .range(0, 10)
+        .open_below()
+        .written_when([](const O& o) { return o.refine_rounds > 0; })
+        .absent_means(0.01);
+    t.add("refine_steps", &O::refine_steps,
+          "Adam steps on the codewords per refinement round, each on the gradient of an equal share of the round's "
+          "batches (0 = one step per batch)")
+        .range(0, 1000000)
+        .written_when([](const O& o) { return o.refine_rounds > 0 && o.refine_steps > 0; })
+        .absent_means(0);
+    t.add("refine_users", &O::refine_users,
+          "Users (a seeded draw, the same in every refinement round) on whom the refinement rounds fit the "
+          "codewords; the last round's final pass still gives every user its codes (0 = all users)")
+        .at_least(0)
+        .written_when([](const O& o) { return o.refine_rounds > 0 && o.refine_users > 0; })
+        .absent_means(0);
+    t.add("merge_margin_ratio", &O::merge_margin_ratio,
+          "Split-and-merge in refinement rounds: a code whose members lose less likelihood by moving to their "
+          "second-best codes than this fraction of what the median code's members lose is merged into those, and "
+          "its codeword splits the code whose members' gradients disagree most (0 = off)")
+        .range(0, 1)
+        .written_when([](const O& o) { return o.refine_rounds > 0 && o.merge_margin_ratio > 0; })
+        .absent_means(0.0);
+    // Written as the rule that ran: fits made before the option had their codes by distance.
+    t.add_enum("codes_by", &O::codes_by, kCodesByNames, "code rule",
+               "The fitted users' final codes: likelihood (as fold-in gives a new user its codes: those under which "
+               "the LM finds the user's history likeliest, its most recent --likelihood-interactions; profiles become "
+               "codewords), distance (the codeword nearest each profile), auto (likelihood for the alternating mode "
+               "with one level and no ablation, else distance)")
+        .written_when([](const O& o) { return o.final_codes_by_likelihood(); })
+        .write_as([](const O&) { return nlohmann::json("likelihood"); })
+        .absent_means("distance");
+    t.add("likelihood_interactions", &O::likelihood_interactions,
+          "Codes by likelihood (final codes, refinement, later fold-ins of this fit) read each user's most recent "
+          "interactions, at most this many (0 = all)")
+        .at_least(0)
+        .written_when([](const O& o) { return o.final_codes_by_likelihood() || o.refine_rounds > 0; })
+        .absent_means(0);
+    t.add("lambda_start", &O::lambda_start, "Prior weight λ in round 2").above(0);
+    t.add("lambda_end", &O::lambda_end, "Prior weight λ in the last round (geometric in between)").above(0);
+    t.add("codebook_loss_weight", &O::codebook_loss_weight, "Weight of the codebook loss (joint)")
+        .at_least(0)
+        .no_flag();
+    t.add("weight_decay", &O::weight_decay, "AdamW weight decay (joint)").range(0, 1).open_above().no_flag();
+    t.add("init_range", &O::init_range, "Soft tokens start uniform in [-init_range, init_range]").above(0).no_flag();
+    t.add<std::int64_t>("max_tokens", [](O& o) -> std::int64_t& { return o.samples.max_tokens; },
+                        "Tokens per sample (prompt + behaviour), at most the LM's context")
+        .range(8, 1 << 20);
+    t.add<int>("samples_per_user", [](O& o) -> int& { return o.samples.samples_per_user; },
+               "History samples drawn per user and round (joint mode: history windows)")
+        .range(1, 1000)
+        .default_is("enough for about 8 interactions when samples hold a few, else 1");
+    t.add<std::int64_t>("max_interactions", [](O& o) -> std::int64_t& { return o.samples.max_interactions; },
+                        "Interactions per sample at most, 0 = as many as --max-tokens allows")
+        .range(0, 100000)
+        .alias("interactions-per-sample")
+        .default_is("the behaviour sentences per document the LM was pretrained on (its pretrain.json), else 0")
+        .written_when([](const O& o) { return o.samples.max_interactions > 0; })
+        .absent_means(0);
+    t.add("max_batch_tokens", &O::max_batch_tokens, "Tokens per batch, padding included").alias("batch-tokens");
+    t.add("max_batch_rows", &O::max_batch_rows, "Samples per batch, at most").at_least(1).alias("batch-rows");
+    t.add("max_eval_users", &O::max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
+        .at_least(0)
+        .alias("eval-users");
+    t.add("seed", &O::seed, "Seed of initialisation, samples and codebooks");
+    t.add("checkpoint_seconds", &O::checkpoint_seconds, "Seconds between resumable checkpoints").at_least(0).not_saved();
+    t.add("stop_after_batches", &O::stop_after_batches,
+          "Stop after this many batches as an interruption would (for testing resume)")
+        .at_least(0)
+        .not_saved();
+    return t;
+  }();
+  return table;
 }
 
-nlohmann::json FitOptions::to_json() const {
-  nlohmann::json j = {{"mode", to_string(mode)},
-          {"attention", to_string(attention)},
-          {"ablation", to_string(ablation)},
-          {"codes", codes},
-          {"codes_per_attribute", codes_per_attribute},
-          {"levels", levels},
-          {"rounds", rounds},
-          {"estep_steps", estep_steps},
-          {"learning_rate", learning_rate},
-          {"lambda_start", lambda_start},
-          {"lambda_end", lambda_end},
-          {"mstep_iterations", mstep_iterations},
-          {"joint_learning_rate", joint_learning_rate},
-          {"joint_batch", joint_batch},
-          {"codebook_loss_weight", codebook_loss_weight},
-          {"weight_decay", weight_decay},
-          {"init_range", init_range},
-          {"population_steps", population_steps},
-          {"max_tokens", samples.max_tokens},
-          {"samples_per_user", samples.samples_per_user},
-          {"max_batch_tokens", max_batch_tokens},
-          {"max_batch_rows", max_batch_rows},
-          {"max_eval_users", max_eval_users},
-          {"seed", seed}};
-  // Only when set, so that fits made before the option existed keep their fingerprints.
-  if (samples.max_interactions > 0) j["max_interactions"] = samples.max_interactions;
-  // Only when by likelihood: fits made before the option had their codes by distance, and keep their fingerprints.
-  if (final_codes_by_likelihood()) j["codes_by"] = "likelihood";
-  // Only where codes by likelihood are made: fits made before the option read whole histories.
-  if (final_codes_by_likelihood() || refine_rounds > 0) j["likelihood_interactions"] = likelihood_interactions;
-  // Only when not 1 (one seeding, as before restarts existed), so that such fits keep their fingerprints.
-  if (kmeans_restarts != 1) j["kmeans_restarts"] = kmeans_restarts;
-  // Only when on, so that fits made before refinement existed keep their fingerprints (and are reused).
-  if (refine_rounds > 0) {
-    j["refine_rounds"] = refine_rounds;
-    j["refine_learning_rate"] = refine_learning_rate;
-    if (refine_steps > 0) j["refine_steps"] = refine_steps;
-    if (refine_users > 0) j["refine_users"] = refine_users;
-    if (merge_margin_ratio > 0) j["merge_margin_ratio"] = merge_margin_ratio;
-  }
-  return j;
+void FitOptions::validate() const {
+  const auto& t = table();
+  t.check(*this, Spelling::flag);
+  auto flag = [&](const char* key) { return t.name_of(key, Spelling::flag); };
+  for (const auto& [name, k] : codes_per_attribute)
+    USERIP_CHECK(k >= 1 && k <= ResidualCodebook::kMaxCodes, "{} for attribute '{}' must be in [1, {}], got {}",
+                 flag("codes_per_attribute"), name, ResidualCodebook::kMaxCodes, k);
+  USERIP_CHECK(lambda_end >= lambda_start, "the prior weights need {} <= {}, got {} and {}", flag("lambda_start"),
+               flag("lambda_end"), lambda_start, lambda_end);
+  USERIP_CHECK(merge_margin_ratio == 0 || refine_rounds > 0, "{} acts in refinement rounds: it needs {} > 0",
+               flag("merge_margin_ratio"), flag("refine_rounds"));
+  USERIP_CHECK(refine_rounds == 0 || (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
+               "{} needs the alternating mode, one codebook level ({} 1) and no ablation", flag("refine_rounds"),
+               flag("levels"));
+  USERIP_CHECK(codes_by != CodesBy::likelihood ||
+                   (mode == EmMode::alternating && levels == 1 && ablation == ProfileAblation::none),
+               "{} likelihood needs the alternating mode, one codebook level ({} 1) and no ablation", flag("codes_by"),
+               flag("levels"));
+  USERIP_CHECK(max_batch_tokens >= samples.max_tokens, "{} ({}) must be at least {} ({})", flag("max_batch_tokens"),
+               max_batch_tokens, flag("max_tokens"), samples.max_tokens);
 }
+
+nlohmann::json FitOptions::to_json() const { return table().to_json(*this); }
 
 namespace detail {
 FitOptions options_from_json(const nlohmann::json& j, const std::string& source) {
   FitOptions o;
-  try {
-    o.mode = em_mode_from_string(j.at("mode").get<std::string>());
-    o.attention = attention_structure_from_string(j.at("attention").get<std::string>());
-    o.ablation = profile_ablation_from_string(j.at("ablation").get<std::string>());
-    o.codes = j.at("codes").get<std::int64_t>();
-    o.codes_per_attribute = j.at("codes_per_attribute").get<std::map<std::string, std::int64_t>>();
-    o.levels = j.at("levels").get<int>();
-    o.rounds = j.at("rounds").get<int>();
-    o.estep_steps = j.at("estep_steps").get<int>();
-    o.learning_rate = j.at("learning_rate").get<double>();
-    o.lambda_start = j.at("lambda_start").get<double>();
-    o.lambda_end = j.at("lambda_end").get<double>();
-    o.mstep_iterations = j.at("mstep_iterations").get<int>();
-    o.kmeans_restarts = j.value("kmeans_restarts", 1);  // fits saved before restarts existed had one seeding
-    o.refine_rounds = j.value("refine_rounds", 0);  // fits saved before refinement existed have none
-    o.refine_learning_rate = j.value("refine_learning_rate", 0.01);
-    o.refine_steps = j.value("refine_steps", 0);
-    o.refine_users = j.value("refine_users", std::int64_t{0});
-    o.merge_margin_ratio = j.value("merge_margin_ratio", 0.0);
-    o.codes_by = codes_by_from_string(j.value("codes_by", std::string("distance")));
-    o.likelihood_interactions = j.value("likelihood_interactions", std::int64_t{0});
-    o.joint_learning_rate = j.at("joint_learning_rate").get<double>();
-    o.joint_batch = j.at("joint_batch").get<std::int64_t>();
-    o.codebook_loss_weight = j.at("codebook_loss_weight").get<double>();
-    o.weight_decay = j.at("weight_decay").get<double>();
-    o.init_range = j.at("init_range").get<double>();
-    o.population_steps = j.value("population_steps", 0);
-    o.samples.max_tokens = j.at("max_tokens").get<std::int64_t>();
-    o.samples.samples_per_user = j.at("samples_per_user").get<int>();
-    o.samples.max_interactions = j.value("max_interactions", std::int64_t{0});
-    o.max_batch_tokens = j.at("max_batch_tokens").get<std::int64_t>();
-    o.max_batch_rows = j.at("max_batch_rows").get<std::int64_t>();
-    o.max_eval_users = j.at("max_eval_users").get<std::int64_t>();
-    o.seed = j.at("seed").get<std::uint64_t>();
-    o.samples.seed = o.seed;
-  } catch (const nlohmann::json::exception& e) {
-    fail("{}: the fit options are incomplete or malformed: {}", source, e.what());
-  }
+  FitOptions::table().read(j, o, source, Absent::required);
+  o.samples.seed = o.seed;
   o.validate();
   return o;
 }

@@ -41,16 +41,11 @@ bool detect_bare_join(const text::Tokenizer& tokenizer, const std::string& a, co
 
 }  // namespace
 
-namespace {
-constexpr EnumName<AttentionStructure> kAttentionNames[] = {{AttentionStructure::causal, "causal"},
-                                                            {AttentionStructure::segment, "segment"}};
-}  // namespace
-
 AttentionStructure attention_structure_from_string(std::string_view name) {
-  return enum_from_name(kAttentionNames, name, "attention structure");
+  return enum_from_name(kAttentionStructureNames, name, "attention structure");
 }
 
-std::string to_string(AttentionStructure structure) { return enum_name(kAttentionNames, structure); }
+std::string to_string(AttentionStructure structure) { return enum_name(kAttentionStructureNames, structure); }
 
 std::int64_t ProfileSample::label_count() const {
   return std::accumulate(is_label.begin(), is_label.end(), std::int64_t{0});

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "userip/util/error.h"
@@ -51,6 +52,14 @@ void expect_error(Fn&& fn, std::initializer_list<std::string> parts) {
     }
   }
 }
+
+#ifdef USERIP_SOURCE_DIR
+// A file of the source tree (docs, CMake lists), for tests that check the repository's own texts.
+inline std::string read_source_file(const std::string& relative) {
+  std::ifstream in(std::filesystem::path(USERIP_SOURCE_DIR) / relative, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+#endif
 
 // Runs the userip command-line program with `args` (after `environment`, e.g. "VAR=1"); returns
 // its exit status and fills `output` with stdout and stderr together.

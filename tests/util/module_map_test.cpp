@@ -10,6 +10,8 @@
 #include <sstream>
 #include <string>
 
+#include "support/temp_dir.h"
+
 namespace userip {
 namespace {
 
@@ -19,15 +21,8 @@ struct ModuleLinks {
   bool operator==(const ModuleLinks& o) const { return deps == o.deps && torch == o.torch; }
 };
 
-std::string read_source_file(const std::string& relative) {
-  std::ifstream in(std::filesystem::path(USERIP_SOURCE_DIR) / relative);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
 std::map<std::string, ModuleLinks> modules_in_the_build() {
-  const std::string cmake = read_source_file("src/CMakeLists.txt");
+  const std::string cmake = testing::read_source_file("src/CMakeLists.txt");
   std::map<std::string, ModuleLinks> modules;
   const std::regex call(R"(userip_module\((\w+)([^)]*)\))");
   for (std::sregex_iterator it(cmake.begin(), cmake.end(), call), end; it != end; ++it) {
@@ -49,7 +44,7 @@ std::map<std::string, ModuleLinks> modules_in_the_build() {
 }
 
 std::map<std::string, ModuleLinks> modules_in_the_readme() {
-  std::istringstream readme(read_source_file("README.md"));
+  std::istringstream readme(testing::read_source_file("README.md"));
   std::map<std::string, ModuleLinks> modules;
   std::string line;
   bool in_table = false;

@@ -26,5 +26,6 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& global);
 void add_report_commands(CLI::App& app, GlobalOptions& global);
 void add_serve_commands(CLI::App& app, GlobalOptions& global);
 void add_dist_commands(CLI::App& app, GlobalOptions& global);
+void add_options_commands(CLI::App& app, GlobalOptions& global);
 
 }  // namespace userip::cli

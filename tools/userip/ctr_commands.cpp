@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "model_options.h"
+#include "option_flags.h"
 #include "userip/dist/world.h"
 #include "userip/ctr/experiment.h"
 #include "userip/ctr/pipeline.h"
@@ -53,13 +54,31 @@ void write_scores(const std::filesystem::path& path, const std::vector<std::stri
   write_file_atomic(path, text);
 }
 
+// Settings given on the command line, by section and key: they override the configuration file's.
+struct SettingFlags {
+  ctr::CtrSettings shown;  // the defaults --help prints (a flag's value lands here too)
+  nlohmann::json model = json::object(), train = json::object(), features = json::object();
+
+  void add_to(CLI::App* cmd) {
+    add_option_flags(cmd, ctr::ModelConfig::table(), shown.model, &model);
+    add_option_flags(cmd, ctr::TrainConfig::table(), shown.train, &train);
+    add_option_flags(cmd, ctr::FeatureConfig::table(), shown.features, &features);
+  }
+  void apply(ctr::CtrSettings& s) const {
+    ctr::ModelConfig::table().read(model, s.model, "command line", Absent::keep);
+    ctr::TrainConfig::table().read(train, s.train, "command line", Absent::keep);
+    ctr::FeatureConfig::table().read(features, s.features, "command line", Absent::keep);
+    s.model.validate();
+    s.train.validate();
+    s.features.validate();
+  }
+};
+
 struct TrainCommand {
   std::filesystem::path dataset, out, config;
-  std::string experiment, kind, profile_input, embedding_optimizer, device = "cpu";
+  std::string experiment, device = "cpu";
   ProfileSourceOptions sources;
-  std::uint64_t seed = 42;
-  int epochs = 0;
-  int shards = -1;  // -1: keep the configuration's
+  SettingFlags flags;
 
   void run() const {
     const data::Dataset ds = data::Dataset::load(dataset);
@@ -69,17 +88,10 @@ struct TrainCommand {
     } else {
       USERIP_CHECK(experiment.empty(), "--experiment needs --config");
     }
-    if (!kind.empty()) settings.model.kind = ctr::model_kind_from_string(kind);
-    if (epochs > 0) settings.train.max_epochs = epochs;
-    if (shards >= 0) settings.train.shards = shards;
-    if (!embedding_optimizer.empty()) {
-      settings.train.embedding_optimizer = ctr::embedding_optimizer_from_string(embedding_optimizer);
-    }
-    settings.train.seed = seed;
+    flags.apply(settings);
+    const std::uint64_t seed = settings.train.seed;
     // The profile input follows what was given unless the configuration or --profile-input says.
-    if (!profile_input.empty()) {
-      settings.features.profile = ctr::profile_input_from_string(profile_input);
-    } else if (settings.features.profile == ctr::ProfileInput::none) {
+    if (!flags.features.contains("profile") && settings.features.profile == ctr::ProfileInput::none) {
       if (!sources.banks.empty()) settings.features.profile = ctr::ProfileInput::codes;
       if (!sources.profile_dirs.empty()) settings.features.profile = ctr::ProfileInput::dense;
     }
@@ -174,8 +186,8 @@ struct PredictCommand {
 struct ExperimentCommand {
   std::filesystem::path dataset, config, out;
   ProfileSourceOptions sources;
-  int seeds = 0;
-  std::vector<std::string> experiments, variants;
+  ctr::CompareConfig shown;  // the defaults --help prints
+  nlohmann::json compare_flags = json::object();  // "compare" options given on the command line
   std::string device = "cpu";
   bool fresh = false;
 
@@ -195,12 +207,8 @@ struct ExperimentCommand {
     if (inputs.config.contains("compare")) {
       compare = ctr::CompareConfig::from_json(inputs.config["compare"], compare);
     }
-    if (seeds > 0) compare.seeds = seeds;
-    if (!experiments.empty()) compare.experiments = experiments;
-    if (!variants.empty()) {
-      compare.variants.clear();
-      for (const auto& v : variants) compare.variants.push_back(ctr::variant_from_string(v));
-    }
+    ctr::CompareConfig::table().read(compare_flags, compare, "command line", Absent::keep);
+    compare.validate();
     inputs.userip = load_tables(sources);
     if (inputs.userip.codes) inputs.userip_fingerprint += inputs.userip.codes->fingerprint();
     for (const auto& dir : sources.profile_dirs) inputs.userip_fingerprint += fingerprint_file(dir / "profiles.safetensors");
@@ -230,22 +238,8 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--out", o->out, "Output directory for the model (ctr_model.json, features.json, weights)")->required();
     cmd->add_option("--config", o->config, "Configuration file (JSON: base section + experiments, docs/CTR.md)");
     cmd->add_option("--experiment", o->experiment, "Named experiment of the configuration file to train");
-    cmd->add_option("--kind", o->kind, "Model: lr, fm, deepfm, dcn or dcnv2 (overrides the configuration)");
-    cmd->add_option("--profile-input", o->profile_input,
-                    "none, codes or dense (default: codes with --bank, dense with --profiles, else none)");
     add_profile_source_options(cmd, o->sources);
-    cmd->add_option("--epochs", o->epochs, "Maximum epochs (overrides the configuration; 0 = keep)")
-        ->check(CLI::NonNegativeNumber);
-    cmd->add_option("--embedding-optimizer", o->embedding_optimizer,
-                    "How the embedding tables learn: lazy_adam (default: only the batch's rows, a step's cost "
-                    "independent of the vocabulary), adam (every row every step) or adagrad (row-wise; set "
-                    "train.embedding_learning_rate in the configuration); overrides the configuration");
-    cmd->add_option("--shards", o->shards,
-                    "Compute each batch's gradient as this many fixed slices summed in order (train.shards): under "
-                    "`userip launch` the ranks share the slices and the model is the same at every world size; "
-                    "0 = one slice per rank (overrides the configuration)")
-        ->check(CLI::Range(0, 4096));
-    cmd->add_option("--seed", o->seed, "Seed of initialisation, shuffling and dropout")->capture_default_str();
+    o->flags.add_to(cmd);
     cmd->add_option("--device", o->device, "cpu or cuda[:N]")->capture_default_str();
     on_run(cmd, [o] { o->run(); });
   }
@@ -271,13 +265,7 @@ void add_ctr_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--config", o->config, "Configuration file (base, experiments, compare; docs/CTR.md)");
     cmd->add_option("--out", o->out, "Output directory (runs.jsonl, experiment.json, results.md)")->required();
     add_profile_source_options(cmd, o->sources);
-    cmd->add_option("--seeds", o->seeds, "Seeds per model and variant (overrides compare.seeds; default 5)")
-        ->check(CLI::NonNegativeNumber);
-    cmd->add_option("--experiments", o->experiments, "Experiments of the configuration to run (default: all)")
-        ->delimiter(',');
-    cmd->add_option("--variants", o->variants,
-                    "Variants: base, codes, dense, control-genres, control-cf, control-history (default: all)")
-        ->delimiter(',');
+    add_option_flags(cmd, ctr::CompareConfig::table(), o->shown, &o->compare_flags);
     cmd->add_flag("--fresh", o->fresh, "Ignore runs of an earlier invocation instead of reusing unchanged ones");
     cmd->add_option("--device", o->device, "cpu or cuda[:N]")->capture_default_str();
     on_run(cmd, [o] { o->run(); });

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "commands.h"
+#include "option_flags.h"
 #include "userip/data/dataset.h"
 #include "userip/data/export.h"
 #include "userip/data/import.h"
@@ -18,21 +19,7 @@ namespace userip::cli {
 namespace {
 
 void add_split_options(CLI::App* command, data::SplitConfig& split) {
-  command->add_option("--train-ratio", split.train_ratio, "Share of each user's history for training")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  command->add_option("--valid-ratio", split.valid_ratio, "Share for validation")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  command->add_option("--test-ratio", split.test_ratio, "Share for test")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  // Its range, [0, 1), is SplitConfig::validate's: one place for it.
-  command->add_option("--cold-fraction", split.cold_fraction, "Fraction of users held out entirely (cold users), in [0, 1)")
-      ->capture_default_str();
-  command->add_option("--seed", split.seed, "Seed of the cold-user draw")->capture_default_str();
-  command->add_option("--label-threshold", split.label_threshold, "click = rating >= threshold (rating data)")
-      ->capture_default_str();
+  add_option_flags(command, data::SplitConfig::table(), split);
 }
 
 void print_report(const data::ImportReport& r, const std::filesystem::path& out) {

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "commands.h"
+#include "option_flags.h"
 #include "model_options.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/config.h"
@@ -99,20 +100,7 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
     auto device = std::make_shared<std::string>("cpu");
     cmd->add_option("--dataset", *dataset, "Dataset directory (its training split is the behaviour text)")->required();
     cmd->add_option("--out", *out, "Model directory to write (Hugging Face layout)")->required();
-    cmd->add_option("--hidden", o->hidden_size, "Hidden size")->capture_default_str();
-    cmd->add_option("--layers", o->num_layers, "Transformer layers")->capture_default_str();
-    cmd->add_option("--heads", o->num_heads, "Attention heads")->capture_default_str();
-    cmd->add_option("--ffn", o->intermediate_size, "SwiGLU hidden size")->capture_default_str();
-    cmd->add_option("--vocab", o->vocab_size, "SentencePiece vocabulary size (at most)")->capture_default_str();
-    cmd->add_option("--context", o->context, "Tokens per training sequence")->capture_default_str();
-    cmd->add_option("--steps", o->steps, "Optimizer steps")->capture_default_str();
-    cmd->add_option("--batch", o->batch_sequences, "Sequences per step")->capture_default_str();
-    cmd->add_option("--learning-rate", o->learning_rate, "Peak AdamW learning rate")->capture_default_str();
-    cmd->add_option("--checkpoint-every", o->checkpoint_every, "Steps between resumable checkpoints")
-        ->capture_default_str();
-    cmd->add_option("--eval-every", o->eval_every, "Steps between held-out perplexity evaluations")
-        ->capture_default_str();
-    cmd->add_option("--seed", o->seed, "Seed of weights, batches and tokenizer")->capture_default_str();
+    add_option_flags(cmd, lm::PretrainOptions::table(), *o);
     cmd->add_option("--device", *device, "cpu or cuda[:N]")->capture_default_str();
     auto corpus_flags = add_corpus_flags(cmd);
     on_run(cmd, [dataset, out, o, device, corpus_flags] {

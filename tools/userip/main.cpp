@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   cli::add_report_commands(app, global);
   cli::add_serve_commands(app, global);
   cli::add_dist_commands(app, global);
+  cli::add_options_commands(app, global);
 
   try {
     app.parse(argc, argv);

@@ -7,6 +7,7 @@
 
 #include "commands.h"
 #include "model_options.h"
+#include "option_flags.h"
 #include "userip/dist/world.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/model_tokenizer.h"
@@ -59,12 +60,9 @@ struct FitCommand {
   std::filesystem::path dataset, template_file, out, bank;
   ModelOptions model;
   profile::FitOptions options;
-  std::string mode = "alternating", attention = "segment", ablation = "none";
-  std::vector<std::string> attribute_codes;
+  nlohmann::json given = nlohmann::json::object();  // the fit options given on the command line, by key
   int soft_tokens = 0;
   bool no_bank = false;
-  std::int64_t interactions_per_sample = -1;  // -1: follow the LM's pretraining documents
-  int samples_per_user = 0;                   // 0: about kInteractionsPerRound interactions a round
 };
 
 // Interactions of each user that an E-step sees per round by default, when samples hold a few each.
@@ -73,15 +71,11 @@ constexpr std::int64_t kInteractionsPerRound = 8;
 // The sample shape the LM reads its prompt in: the default LM was pretrained on documents of a few behaviour
 // sentences after a user summary, and takes a later sentence of a longer sample as a new document without one.
 void choose_sample_shape(const FitCommand& c, profile::SampleOptions& samples) {
-  if (c.interactions_per_sample >= 0) {
-    samples.max_interactions = c.interactions_per_sample;
-  } else {
+  if (!c.given.contains("max_interactions")) {
     const auto per_document = lm::pretrained_sentences_per_document(c.model.model);
     samples.max_interactions = per_document ? static_cast<std::int64_t>(*per_document) : 0;
   }
-  if (c.samples_per_user > 0) {
-    samples.samples_per_user = c.samples_per_user;
-  } else {
+  if (!c.given.contains("samples_per_user")) {
     samples.samples_per_user = samples.max_interactions > 0
                                    ? static_cast<int>((kInteractionsPerRound + samples.max_interactions - 1) /
                                                       samples.max_interactions)
@@ -126,7 +120,6 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
         "fit", "Fit every training user's profile (soft tokens per attribute) and the codebooks; write profiles, "
                "codes, the fit log and a feature bank");
     auto c = std::make_shared<FitCommand>();
-    auto& o = c->options;
     cmd->add_option("--dataset", c->dataset, "Dataset directory (profiles use its training split only)")->required();
     add_model_options(cmd, c->model);
     cmd->add_option("--template", c->template_file,
@@ -134,106 +127,13 @@ void add_profile_commands(CLI::App& app, GlobalOptions& /*global*/) {
     cmd->add_option("--out", c->out, "Output directory")->required();
     cmd->add_option("--bank", c->bank, "Feature bank to write (default: OUT/bank.sqlite)");
     cmd->add_flag("--no-bank", c->no_bank, "Do not write a feature bank");
-    cmd->add_option("--mode", c->mode, "EM scheme: alternating (E-step/M-step) or joint (the released code's)")
-        ->capture_default_str();
-    cmd->add_option("--attention", c->attention,
-                    "segment (each attribute's evidence and soft tokens see only their own segment) or causal")
-        ->capture_default_str();
-    cmd->add_option("--ablation", c->ablation, "none, no-codebook (dense profiles only), random or mean")
-        ->capture_default_str();
-    cmd->add_option("--codes", o.codes, "Codes per attribute and level (K)")->capture_default_str();
-    cmd->add_option("--attribute-codes", c->attribute_codes, "K for one attribute, as NAME=K (repeatable)");
-    cmd->add_option("--levels", o.levels, "Residual codebook levels (hierarchical IDs)")->capture_default_str();
     cmd->add_option("--soft-tokens", c->soft_tokens, "Soft tokens per attribute, overriding the template (0 = keep)")
         ->capture_default_str();
-    cmd->add_option("--rounds", o.rounds, "EM rounds (alternating) or epochs (joint)")->capture_default_str();
-    cmd->add_option("--population-steps", o.population_steps,
-                    "Adam steps on one profile shared by all users, the start of every user's E-steps (alternating)")
-        ->capture_default_str();
-    cmd->add_option("--estep-steps", o.estep_steps, "Adam steps per batch in each E-step")->capture_default_str();
-    cmd->add_option("--learning-rate", o.learning_rate, "Adam learning rate of the soft tokens (alternating)")
-        ->capture_default_str();
-    cmd->add_option("--mstep-iterations", o.mstep_iterations,
-                    "Lloyd iterations of each M-step at fixed profiles (alternating)")
-        ->capture_default_str();
-    cmd->add_option("--kmeans-restarts", o.kmeans_restarts,
-                    "k-means++ seedings tried for the first codebooks; the one with the lowest quantization error "
-                    "after --mstep-iterations Lloyd steps is kept (alternating)")
-        ->capture_default_str();
-    cmd->add_option("--joint-learning-rate", o.joint_learning_rate, "AdamW learning rate (joint)")->capture_default_str();
-    cmd->add_option("--joint-batch", o.joint_batch, "Samples per step (joint)")->capture_default_str();
-    cmd->add_option("--refine-rounds", o.refine_rounds,
-                    "Rounds after the EM rounds in which each user takes the code whose codeword gives its behaviour the "
-                    "highest likelihood and codewords follow their members' likelihood gradient (alternating, one level)")
-        ->capture_default_str();
-    cmd->add_option("--refine-learning-rate", o.refine_learning_rate,
-                    "Adam learning rate of the codewords in refinement rounds")
-        ->capture_default_str();
-    cmd->add_option("--refine-steps", o.refine_steps,
-                    "Adam steps on the codewords per refinement round, each on the gradient of an equal share of the "
-                    "round's batches (0 = one step per batch)")
-        ->capture_default_str();
-    cmd->add_option("--refine-users", o.refine_users,
-                    "Users (a seeded draw, the same in every refinement round) on whom the refinement rounds fit "
-                    "the codewords; the last round's final pass still gives every user its codes (0 = all users)")
-        ->capture_default_str();
-    cmd->add_option("--merge-margin-ratio", o.merge_margin_ratio,
-                    "Split-and-merge in refinement rounds: a code whose members lose less likelihood by moving to "
-                    "their second-best codes than this fraction of what the median code's members lose is merged into "
-                    "those, and its codeword splits the code whose members' gradients disagree most (0 = off)")
-        ->capture_default_str();
-    auto codes_by = std::make_shared<std::string>("auto");
-    cmd->add_option("--codes-by", *codes_by,
-                    "The fitted users' final codes: likelihood (as fold-in gives a new user its codes: those under "
-                    "which the LM finds the user's history likeliest, its most recent --likelihood-interactions; "
-                    "profiles become codewords), distance "
-                    "(the codeword nearest each profile), auto (likelihood for the alternating mode with one level "
-                    "and no ablation, else distance)")
-        ->check(CLI::IsMember({"auto", "distance", "likelihood"}))
-        ->capture_default_str();
-    cmd->add_option("--likelihood-interactions", o.likelihood_interactions,
-                    "Codes by likelihood (final codes, refinement, later fold-ins of this fit) read each user's most "
-                    "recent interactions, at most this many (0 = all)")
-        ->capture_default_str();
-    cmd->add_option("--lambda-start", o.lambda_start, "Prior weight λ in round 2")->capture_default_str();
-    cmd->add_option("--lambda-end", o.lambda_end, "Prior weight λ in the last round (geometric in between)")
-        ->capture_default_str();
-    cmd->add_option("--max-tokens", o.samples.max_tokens, "Tokens per sample (prompt + behaviour), at most the LM's context")->capture_default_str();
-    cmd->add_option("--samples-per-user", c->samples_per_user,
-                    "History samples drawn per user and round (joint mode: history windows); default: enough for "
-                    "about 8 interactions when samples hold a few, else 1")
-        ->check(CLI::Range(1, 1000));
-    cmd->add_option("--interactions-per-sample", c->interactions_per_sample,
-                    "Interactions per sample at most, 0 = as many as --max-tokens allows; default: the behaviour "
-                    "sentences per document the LM was pretrained on (pretrain.json of `lm pretrain`), else 0")
-        ->check(CLI::Range(0, 100000));
-    cmd->add_option("--batch-tokens", o.max_batch_tokens, "Tokens per batch, padding included")->capture_default_str();
-    cmd->add_option("--batch-rows", o.max_batch_rows, "Samples per batch, at most")->capture_default_str();
-    cmd->add_option("--eval-users", o.max_eval_users, "Users whose validation NLL is measured each round (0 = all)")
-        ->capture_default_str();
-    cmd->add_option("--checkpoint-seconds", o.checkpoint_seconds, "Seconds between resumable checkpoints")
-        ->capture_default_str();
-    cmd->add_option("--seed", o.seed, "Seed of initialisation, samples and codebooks")->capture_default_str();
-    cmd->add_option("--stop-after-batches", o.stop_after_batches,
-                    "Stop after this many batches as an interruption would (for testing resume)")
-        ->capture_default_str();
-    on_run(cmd, [c, codes_by] {
+    add_option_flags(cmd, profile::FitOptions::table(), c->options, &c->given);
+    on_run(cmd, [c] {
       auto& o = c->options;
-      o.codes_by = profile::codes_by_from_string(*codes_by);
-      o.mode = profile::em_mode_from_string(c->mode);
-      o.attention = profile::attention_structure_from_string(c->attention);
-      o.ablation = profile::profile_ablation_from_string(c->ablation);
       o.samples.seed = o.seed;
       choose_sample_shape(*c, o.samples);
-      for (const auto& spec : c->attribute_codes) {
-        auto eq = spec.find('=');
-        USERIP_CHECK(eq != std::string::npos && eq > 0, "--attribute-codes '{}': expected NAME=K", spec);
-        try {
-          o.codes_per_attribute[spec.substr(0, eq)] = std::stoll(spec.substr(eq + 1));
-        } catch (const std::exception&) {
-          fail("--attribute-codes '{}': K is not an integer", spec);
-        }
-      }
       o.device = device_of(c->model.device);
       o.validate();
       auto dataset = data::Dataset::load(c->dataset);

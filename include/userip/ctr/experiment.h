@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "userip/util/option_table.h"
+
 #include "userip/ctr/pipeline.h"
 
 namespace userip::ctr {
@@ -35,6 +37,8 @@ struct CompareConfig {
   std::int64_t cf_dim = 16;        // rank of control-cf's factorisation
   double sparse_quantile = 0.25;   // sparse users: the bottom quantile of training history length
 
+  // Every option above, declared once: JSON key (the configuration's "compare" section), meaning, range.
+  static const OptionTable<CompareConfig>& table();
   void validate() const;
   nlohmann::json to_json() const;
   static CompareConfig from_json(const nlohmann::json& json, const CompareConfig& defaults);

@@ -25,6 +25,7 @@
 #include "userip/ctr/batch.h"
 #include "userip/data/dataset.h"
 #include "userip/store/feature_bank.h"
+#include "userip/util/option_table.h"
 
 namespace userip::ctr {
 
@@ -42,6 +43,8 @@ struct FeatureConfig {
   std::int64_t max_values = 16;  // multi-hot values kept per example (the first ones in item order)
   ProfileInput profile = ProfileInput::none;
 
+  // Every option above, declared once: JSON key (the configuration's "features" section), meaning, range.
+  static const OptionTable<FeatureConfig>& table();
   void validate() const;
   nlohmann::json to_json() const;
   static FeatureConfig from_json(const nlohmann::json& json, const FeatureConfig& defaults);

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "userip/ctr/batch.h"
+#include "userip/util/option_table.h"
 
 namespace userip::ctr {
 
@@ -29,6 +30,8 @@ struct ModelConfig {
   double dropout = 0.2;                       // after each hidden layer, training only
   int cross_layers = 3;                       // DCN, DCN-V2
 
+  // Every option above, declared once: JSON key (the configuration's "model" section), meaning, range.
+  static const OptionTable<ModelConfig>& table();
   void validate() const;  // throws userip::Error naming the bad field
   nlohmann::json to_json() const;
   // Reads the keys present over the defaults; unknown keys and wrong types are errors naming the key.

@@ -24,9 +24,16 @@
 #include <string_view>
 #include <vector>
 
+#include "userip/util/enum_names.h"
+
 namespace userip::ctr {
 
 enum class EmbeddingOptimizer { adam, lazy_adam, adagrad };
+inline constexpr EnumName<EmbeddingOptimizer> kEmbeddingOptimizerNames[] = {
+    {EmbeddingOptimizer::adam, "adam"},
+    {EmbeddingOptimizer::lazy_adam, "lazy_adam"},
+    {EmbeddingOptimizer::adagrad, "adagrad"},
+};
 std::string to_string(EmbeddingOptimizer kind);
 EmbeddingOptimizer embedding_optimizer_from_string(std::string_view name);  // error lists the valid names
 // Whether the tables' gradients are sparse for this optimizer (the model is told so).

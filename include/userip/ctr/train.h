@@ -17,6 +17,7 @@
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
 #include "userip/ctr/optimizer.h"
+#include "userip/util/option_table.h"
 
 namespace userip::ctr {
 
@@ -39,6 +40,8 @@ struct TrainConfig {
   // depend on the world size).
   int shards = 0;
 
+  // Every option above, declared once: JSON key (the configuration's "train" section), meaning, range.
+  static const OptionTable<TrainConfig>& table();
   void validate() const;
   nlohmann::json to_json() const;
   static TrainConfig from_json(const nlohmann::json& json, const TrainConfig& defaults);

@@ -5,6 +5,8 @@
 // docs/DATASET_FORMAT.md.
 #include <nlohmann/json.hpp>
 
+#include "userip/util/option_table.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -54,9 +56,11 @@ struct SplitConfig {
   double cold_fraction = 0.1;    // of users, held out entirely (seeded)
   std::uint64_t seed = 42;
   double label_threshold = 4.0;  // click = rating >= threshold (rating data only)
-  void validate() const;
+  // Every option above, declared once: JSON key, flag, meaning, range.
+  static const OptionTable<SplitConfig>& table();
+  void validate() const;  // the table's ranges, then the ratios' sum; errors name the flags
   nlohmann::json to_json() const;
-  static SplitConfig from_json(const nlohmann::json& json);
+  static SplitConfig from_json(const nlohmann::json& json, const std::string& source);
 };
 
 struct Split {

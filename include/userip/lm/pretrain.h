@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "userip/text/corpus.h"
+#include "userip/util/option_table.h"
 
 namespace userip::lm {
 
@@ -48,7 +49,9 @@ struct PretrainOptions {
   // splitting a long run into sessions.
   std::int64_t stop_after_step = 0;
 
-  void validate() const;
+  // Every option above but the device, declared once: JSON key, flag, meaning, range.
+  static const OptionTable<PretrainOptions>& table();
+  void validate() const;  // the table's ranges, then the shape's constraints; errors name the flags
   nlohmann::json to_json() const;
 };
 

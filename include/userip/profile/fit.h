@@ -27,6 +27,7 @@
 #include "userip/lm/model.h"
 #include "userip/profile/codebook.h"
 #include "userip/profile/samples.h"
+#include "userip/util/option_table.h"
 #include "userip/profile/template.h"
 #include "userip/text/tokenizer.h"
 
@@ -137,7 +138,9 @@ struct FitOptions {
   // no outputs); 0 = run to the end. Not part of the fingerprint. For tests.
   std::int64_t stop_after_batches = 0;
 
-  void validate() const;
+  // Every option above, declared once: JSON key, flag, meaning, range (util/option_table.h).
+  static const OptionTable<FitOptions>& table();
+  void validate() const;  // the table's ranges, then the options' combinations; errors name the flags
   nlohmann::json to_json() const;  // everything that shapes the result
   std::int64_t codes_for(const std::string& attribute) const;
 };

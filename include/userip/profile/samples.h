@@ -17,10 +17,13 @@
 #include "userip/data/dataset.h"
 #include "userip/profile/template.h"
 #include "userip/text/tokenizer.h"
+#include "userip/util/enum_names.h"
 
 namespace userip::profile {
 
 enum class AttentionStructure { causal, segment };
+inline constexpr EnumName<AttentionStructure> kAttentionStructureNames[] = {{AttentionStructure::causal, "causal"},
+                                                                            {AttentionStructure::segment, "segment"}};
 // "causal" / "segment"; the error lists both.
 AttentionStructure attention_structure_from_string(std::string_view name);
 std::string to_string(AttentionStructure structure);
