@@ -24,23 +24,28 @@ namespace {
 struct TableSection {
   std::string name;   // as `userip options NAME` takes it
   std::string title;  // where the options are given
-  std::string markdown;
+  std::string (*markdown)();  // rendered only when printed: every start of userip lists the sections
 };
+
+template <typename Options>
+std::string markdown_of() {
+  return Options::table().markdown();
+}
 
 std::vector<TableSection> sections() {
   return {
       {"split", "`data movielens`, `data import`, `data synth`, `data split` (flags); the dataset's split.json",
-       data::SplitConfig::table().markdown()},
-      {"pretrain", "`lm pretrain` (flags); the model's pretrain.json", lm::PretrainOptions::table().markdown()},
-      {"fit", "`profile fit` (flags); the fit's profile.json", profile::FitOptions::table().markdown()},
+       markdown_of<data::SplitConfig>},
+      {"pretrain", "`lm pretrain` (flags); the model's pretrain.json", markdown_of<lm::PretrainOptions>},
+      {"fit", "`profile fit` (flags); the fit's profile.json", markdown_of<profile::FitOptions>},
       {"model", "the CTR configuration's `model` section; `ctr train` flags where shown",
-       ctr::ModelConfig::table().markdown()},
+       markdown_of<ctr::ModelConfig>},
       {"train", "the CTR configuration's `train` section; `ctr train` flags where shown",
-       ctr::TrainConfig::table().markdown()},
+       markdown_of<ctr::TrainConfig>},
       {"features", "the CTR configuration's `features` section; `ctr train` flags where shown",
-       ctr::FeatureConfig::table().markdown()},
+       markdown_of<ctr::FeatureConfig>},
       {"compare", "the CTR configuration's `compare` section; `experiment` flags where shown",
-       ctr::CompareConfig::table().markdown()},
+       markdown_of<ctr::CompareConfig>},
   };
 }
 
@@ -58,7 +63,7 @@ std::string page(const std::vector<std::string>& only) {
   }
   for (const auto& s : sections()) {
     if (!only.empty() && std::find(only.begin(), only.end(), s.name) == only.end()) continue;
-    out += "\n## " + s.name + "\n\n" + s.title + ".\n\n" + s.markdown;
+    out += "\n## " + s.name + "\n\n" + s.title + ".\n\n" + s.markdown();
   }
   return out;
 }
