@@ -22,6 +22,7 @@ class UserSummary {
   UserSummary(const data::Dataset& dataset, const data::SplitView& rows, std::string_view phrase)
       : dataset_(&dataset), view_(&rows) {
     for (auto& part : split_placeholders(phrase, "user phrase")) {
+      if (part.placeholder) names_.push_back(part.text);
       pieces_.push_back(part.placeholder ? parse(part.text, phrase) : Piece{Kind::literal, std::move(part.text), 0, 0});
     }
     // Quintiles of the users' shares of positive labels: a style relative to the population, whatever the rating
@@ -45,20 +46,45 @@ class UserSummary {
 
   std::string render(std::uint32_t user) const {
     std::string out;
-    for (const auto& piece : pieces_) {
-      switch (piece.kind) {
-        case Kind::literal: out += piece.literal; break;
-        case Kind::count: out += std::to_string(view_->user_count(user)); break;
-        case Kind::mean_rating: out += fmt::format("{:.1f}", mean_rating(user)); break;
-        case Kind::rating_style: out += rating_style(user); break;
-        case Kind::top: out += top(user, piece.field, piece.count); break;
-      }
+    for (std::size_t k = 0; k < pieces_.size(); ++k) out += render_piece(k, user);
+    return out;
+  }
+
+  // The summary of `user` with placeholder `placeholder` (an index into placeholders()) rendered for `other`.
+  std::string render_swapped(std::uint32_t user, std::size_t placeholder, std::uint32_t other) const {
+    std::string out;
+    for (std::size_t k = 0, seen = 0; k < pieces_.size(); ++k) {
+      const bool swapped = pieces_[k].kind != Kind::literal && seen++ == placeholder;
+      out += render_piece(k, swapped ? other : user);
     }
     return out;
   }
 
+  // The placeholders' names in phrase order, e.g. "user.top2.genres".
+  const std::vector<std::string>& placeholders() const { return names_; }
+
+  // Placeholder `placeholder` rendered for `user`.
+  std::string value(std::size_t placeholder, std::uint32_t user) const {
+    for (std::size_t k = 0, seen = 0; k < pieces_.size(); ++k)
+      if (pieces_[k].kind != Kind::literal && seen++ == placeholder) return render_piece(k, user);
+    return {};
+  }
+
  private:
   enum class Kind { literal, count, mean_rating, rating_style, top };
+
+  std::string render_piece(std::size_t k, std::uint32_t user) const {
+    const Piece& piece = pieces_[k];
+    switch (piece.kind) {
+      case Kind::literal: return piece.literal;
+      case Kind::count: return std::to_string(view_->user_count(user));
+      case Kind::mean_rating: return fmt::format("{:.1f}", mean_rating(user));
+      case Kind::rating_style: return rating_style(user);
+      case Kind::top: return top(user, piece.field, piece.count);
+    }
+    return {};
+  }
+
   struct Piece {
     Kind kind;
     std::string literal;
@@ -134,6 +160,7 @@ class UserSummary {
   const data::Dataset* dataset_;
   const data::SplitView* view_;
   std::vector<Piece> pieces_;
+  std::vector<std::string> names_;
   std::map<std::size_t, std::map<std::string, double>> population_;
   std::vector<double> like_rate_quintiles_;
 };
@@ -326,6 +353,49 @@ Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options) 
   }
   if (options.shuffle_documents) Rng::derive(options.seed, 1).shuffle(corpus.train);
   return corpus;
+}
+
+ContextProbe build_context_probe(const data::Dataset& dataset, const CorpusOptions& options, std::size_t max_cases,
+                                 std::uint64_t seed) {
+  USERIP_CHECK(!options.user_phrase.empty(),
+               "the corpus has no user summary (user phrase), so there is no user context to probe");
+  USERIP_CHECK(max_cases >= 1, "the context probe needs at least one case");
+  const auto train = dataset.training_view();
+  const auto valid = dataset.view({data::SplitPart::valid});
+  const UserSummary summary(dataset, train, options.user_phrase);
+  const PhraseTemplate behaviour(options.behaviour_phrase, dataset);
+  const std::vector<std::uint32_t> users = train.users();
+  std::vector<std::pair<std::uint32_t, std::size_t>> rows;  // (user, dataset row) of validation rows with a training history
+  for (std::uint32_t user : valid.users())
+    if (train.user_count(user) > 0)
+      for (std::size_t i = valid.user_begin(user); i < valid.user_end(user); ++i) rows.emplace_back(user, valid.row(i));
+  USERIP_CHECK(!rows.empty() && !users.empty(),
+               "the dataset has no validation interactions of training users to probe the LM with");
+  Rng rng = Rng::derive(seed, 7100);
+  rng.shuffle(rows);
+  if (rows.size() > max_cases) rows.resize(max_cases);
+  std::sort(rows.begin(), rows.end());
+
+  ContextProbe probe;
+  probe.parts = summary.placeholders();
+  // A part's value is compared as text: two users with the same words give the LM nothing to tell apart.
+  constexpr int kDraws = 64;
+  for (const auto& [user, row] : rows) {
+    ContextProbeCase c;
+    c.summary = summary.render(user);
+    c.behaviour = behaviour.render_interaction(dataset, row);
+    for (std::size_t part = 0; part < probe.parts.size(); ++part) {
+      const std::string own = summary.value(part, user);
+      std::string altered;
+      for (int draw = 0; draw < kDraws && altered.empty(); ++draw) {
+        const std::uint32_t other = users[rng.below(users.size())];
+        if (summary.value(part, other) != own) altered = summary.render_swapped(user, part, other);
+      }
+      c.altered.push_back(std::move(altered));
+    }
+    probe.cases.push_back(std::move(c));
+  }
+  return probe;
 }
 
 }  // namespace userip::text

@@ -9,6 +9,7 @@
 
 #include "userip/data/split.h"
 #include "userip/data/synth.h"
+#include "userip/util/error.h"
 
 #include "support/temp_dir.h"
 
@@ -192,6 +193,25 @@ TEST(Corpus, DefaultTextWithoutCategoriesOrTitlesStillDescribesTheUser) {
   ASSERT_EQ(text.attributes.size(), 1u);  // no category field: no taste attribute
   EXPECT_EQ(text.corpus.user_phrase, "About this user: {user.rating_style}.");
   EXPECT_EQ(build_corpus(d, text.corpus).behaviour_lines, 6u);
+}
+
+TEST(Corpus, ContextProbeAltersOnePartOfTheSummaryAtATimeWithAnotherUsersValue) {
+  // b's validation row (i2) is the only case. b's top genre is Horror and its style moderate; a's are Action and
+  // very generous, so each part of b's summary is altered to a's value and the rest stays b's.
+  auto options = summary_options("{user.top.genres} / {user.rating_style}:");
+  const auto probe = build_context_probe(two_users(), options, 10, 1);
+  ASSERT_EQ(probe.parts, (std::vector<std::string>{"user.top.genres", "user.rating_style"}));
+  ASSERT_EQ(probe.cases.size(), 1u);
+  EXPECT_EQ(probe.cases[0].summary, "Horror / moderate:");
+  EXPECT_EQ(probe.cases[0].behaviour, "i2.");
+  EXPECT_EQ(probe.cases[0].altered, (std::vector<std::string>{"Action / moderate:", "Horror / very generous:"}));
+}
+
+TEST(Corpus, ContextProbeNeedsAUserPhraseAndValidationRows) {
+  EXPECT_THROW(build_context_probe(two_users(), summary_options(""), 10, 1), Error);
+  auto no_valid = two_users();
+  no_valid.split.part[6] = data::SplitPart::train;
+  EXPECT_THROW(build_context_probe(no_valid, summary_options("{user.count}:"), 10, 1), Error);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "model_options.h"
 #include "userip/data/dataset.h"
 #include "userip/lm/config.h"
+#include "userip/lm/context_probe.h"
 #include "userip/lm/generate.h"
 #include "userip/lm/gguf.h"
 #include "userip/lm/loader.h"
@@ -25,6 +26,7 @@ namespace userip::cli {
 
 namespace {
 
+constexpr std::size_t kDefaultProbeCases = 400;
 
 void print_info(const std::filesystem::path& path) {
   const auto summary = lm::summarize_checkpoint(path);
@@ -85,6 +87,57 @@ text::Corpus corpus_of(const data::Dataset& dataset, std::uint64_t seed, const C
   return text::build_corpus(dataset, options);
 }
 
+// The phrases the model was pretrained with when `lm pretrain` wrote it, else the dataset's default text (what
+// the default profile template mirrors).
+text::CorpusOptions corpus_options_for(const std::filesystem::path& model, const data::Dataset& dataset) {
+  auto options = text::default_corpus_options(dataset);
+  if (const auto record = lm::pretrained_corpus(model)) {
+    options.behaviour_phrase = record->value("behaviour_phrase", options.behaviour_phrase);
+    options.user_phrase = record->value("user_phrase", options.user_phrase);
+  }
+  return options;
+}
+
+// Measures how much the model reads each part of the user summary, prints a line per part and writes
+// `report_file` (the report, the probe's seed and size, the dataset).
+lm::ContextReport probe_context(const lm::CausalLM& model, const std::filesystem::path& model_path,
+                                const data::Dataset& dataset, const std::filesystem::path& dataset_path,
+                                std::size_t cases, std::uint64_t seed, const std::filesystem::path& report_file) {
+  const auto options = corpus_options_for(model_path, dataset);
+  const auto probe = text::build_context_probe(dataset, options, cases, seed);
+  auto tokenizer = lm::load_model_tokenizer(model_path);
+  const auto report = lm::measure_context_reading(model, *tokenizer, probe);
+  std::cout << fmt::format("context probe ({} held-out behaviour sentences{}; mean NLL {:.3f} nats after their own "
+                           "user's summary):\n",
+                           report.cases,
+                           report.skipped ? fmt::format(", {} left out as longer than the model's context", report.skipped)
+                                          : std::string(),
+                           report.behaviour_nll);
+  for (const auto& p : report.parts)
+    std::cout << fmt::format("  {{{}}} from another user: {:+.3f} ± {:.3f} nats per sentence ({} cases): {}\n", p.part,
+                             p.extra_nll, p.standard_error, p.cases, p.read() ? "read" : "NOT read");
+  std::string unread;
+  for (const auto& p : report.parts)
+    if (!p.read()) unread += (unread.empty() ? "{" : ", {") + p.part + "}";
+  if (!report.reads_any_part())
+    spdlog::warn("{}: the LM reads no part of the user summary (probe above), so profile tokens in its place have "
+                 "nothing to carry; pretrain longer (--steps) before fitting profiles (docs/TEMPLATES.md, \"Does the "
+                 "LM read the user context?\")",
+                 model_path.string());
+  else if (!unread.empty())
+    spdlog::info("the LM does not read {} of the user summary: either the data does not depend on it or the LM "
+                 "has not learnt to read it yet (docs/TEMPLATES.md, \"Does the LM read the user context?\")",
+                 unread);
+  if (!report_file.empty()) {
+    auto record = report.to_json();
+    record["seed"] = seed;
+    record["dataset"] = dataset_path.string();
+    record["user_phrase"] = options.user_phrase;
+    write_file_atomic(report_file, record.dump(2) + "\n");
+  }
+  return report;
+}
+
 }  // namespace
 
 void add_lm_commands(CLI::App& app, GlobalOptions& global) {
@@ -103,16 +156,55 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
     add_option_flags(cmd, lm::PretrainOptions::table(), *o);
     cmd->add_option("--device", *device, "cpu or cuda[:N]")->capture_default_str();
     auto corpus_flags = add_corpus_flags(cmd);
-    on_run(cmd, [dataset, out, o, device, corpus_flags] {
+    auto probe_cases = std::make_shared<std::size_t>(kDefaultProbeCases);
+    cmd->add_option("--probe-cases", *probe_cases,
+                    "Held-out behaviour sentences of the context probe run after pretraining (context_probe.json; "
+                    "0 = no probe)")
+        ->capture_default_str();
+    on_run(cmd, [dataset, out, o, device, corpus_flags, probe_cases] {
       o->device = device_of(*device);
       auto d = data::Dataset::load(*dataset);
       auto corpus = corpus_of(d, o->seed, *corpus_flags);
       spdlog::info("corpus: {} item lines, {} behaviour sentences -> {} training and {} held-out documents",
                    corpus.item_lines, corpus.behaviour_lines, corpus.train.size(), corpus.heldout.size());
       auto result = lm::pretrain_lm(corpus, *o, *out);
+      if (result.interrupted) return;
       std::cout << fmt::format("{} {}: {:.2f} M parameters, {} training tokens, held-out perplexity {:.2f}, {:.0f} s\n",
                                result.reused ? "reused" : "pretrained", out->string(), result.parameters / 1e6,
                                result.train_tokens, result.heldout_perplexity, result.seconds);
+      if (*probe_cases > 0 && !corpus.options.user_phrase.empty()) {
+        ModelOptions model_options;
+        model_options.model = *out;
+        model_options.device = *device;
+        // The probe informs; it never fails a finished pretraining.
+        try {
+          probe_context(load(model_options), *out, d, *dataset, *probe_cases, o->seed, *out / "context_probe.json");
+        } catch (const Error& e) {
+          spdlog::warn("{}: no context probe: {}", out->string(), e.what());
+        }
+      }
+    });
+  }
+
+  {  // lm probe
+    auto* cmd = lm_app->add_subcommand(
+        "probe",
+        "Does the LM read the user summary before behaviour? For held-out (validation) interactions, how much less "
+        "likely each becomes when one part of its user's summary is another user's; in the phrases the model was "
+        "pretrained with, or the dataset's default text for any other model");
+    auto o = std::make_shared<ModelOptions>();
+    auto dataset = std::make_shared<std::filesystem::path>();
+    auto out = std::make_shared<std::filesystem::path>();
+    auto cases = std::make_shared<std::size_t>(kDefaultProbeCases);
+    auto seed = std::make_shared<std::uint64_t>(42);
+    add_model_options(cmd, *o);
+    cmd->add_option("--dataset", *dataset, "Dataset directory with a split")->required();
+    cmd->add_option("--cases", *cases, "Held-out behaviour sentences to score")->check(CLI::Range(2, 1000000))->capture_default_str();
+    cmd->add_option("--seed", *seed, "Seed of the draw of sentences and of the other users")->capture_default_str();
+    cmd->add_option("--out", *out, "Also write the report as JSON to this file");
+    on_run(cmd, [o, dataset, out, cases, seed] {
+      auto d = data::Dataset::load(*dataset);
+      probe_context(load(*o), o->model, d, *dataset, *cases, *seed, *out);
     });
   }
 

@@ -48,6 +48,26 @@ struct Corpus {
 // dataset without a split.
 Corpus build_corpus(const data::Dataset& dataset, const CorpusOptions& options);
 
+// Material to measure whether an LM reads the user summary that its corpus puts before behaviour
+// (lm::measure_context_reading scores it). Each case is a training user's summary, one of its
+// *validation* interactions in the behaviour phrase (text no LM was trained on), and, for each
+// placeholder of the user phrase, the summary with that placeholder's value taken from another
+// user whose value differs. An LM that reads a part finds the behaviour less likely after the
+// altered summary; one that does not gives the profile tokens placed there nothing to carry.
+struct ContextProbeCase {
+  std::string summary;
+  std::string behaviour;
+  std::vector<std::string> altered;  // per placeholder; "" where no other user's value differed
+};
+struct ContextProbe {
+  std::vector<std::string> parts;  // the user phrase's placeholders in order, e.g. "user.top2.genres"
+  std::vector<ContextProbeCase> cases;
+};
+// Up to `max_cases` validation interactions drawn with `seed`. Throws userip::Error when the
+// options have no user phrase or the dataset has no validation interactions of training users.
+ContextProbe build_context_probe(const data::Dataset& dataset, const CorpusOptions& options, std::size_t max_cases,
+                                 std::uint64_t seed);
+
 // The roles that a dataset's item fields play in the default text, chosen from their kinds and
 // statistics only, never from their names: a dataset imported with other column names gets the
 // same text.
