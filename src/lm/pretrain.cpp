@@ -15,6 +15,7 @@
 #include "userip/lm/tensor_file.h"
 #include "userip/text/sentencepiece.h"
 #include "userip/util/error.h"
+#include "userip/util/checkpoint.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
 #include "userip/lm/threads.h"
@@ -205,8 +206,9 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
 
   // A finished model of the same corpus and options: reuse it.
   if (fs::exists(out / "pretrain.json") && fs::exists(out / "model.safetensors")) {
-    auto done = nlohmann::json::parse(read_file(out / "pretrain.json"));
-    if (done.value("fingerprint", "") == fingerprint) {
+    // An unreadable record of an earlier model is replaced, as a damaged checkpoint is.
+    const auto done = nlohmann::json::parse(read_file(out / "pretrain.json"), nullptr, /*allow_exceptions=*/false);
+    if (done.is_object() && done.value("fingerprint", "") == fingerprint) {
       for (const auto& p : done.at("curve")) result.curve.push_back(point_from_json(p));
       result.heldout_perplexity = done.at("heldout_perplexity").get<double>();
       result.parameters = done.at("parameters").get<std::int64_t>();
@@ -220,14 +222,9 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
   }
   fs::create_directories(out / kCheckpointDir);
   const fs::path checkpoint = out / kCheckpointDir;
-  nlohmann::json state;
-  if (fs::exists(checkpoint / "state.json")) {
-    state = nlohmann::json::parse(read_file(checkpoint / "state.json"));
-    if (state.value("fingerprint", "") != fingerprint) {
-      spdlog::warn("{}: the checkpoint belongs to another corpus or other options; starting over", checkpoint.string());
-      state = nlohmann::json();
-    }
-  }
+  const CheckpointDir checkpoint_dir(checkpoint, fingerprint);
+  const std::vector<std::string> checkpoint_files = {"weights", "optimizer"};
+  const nlohmann::json state = checkpoint_dir.load(checkpoint_files).value_or(nlohmann::json());
 
   // Tokenizer: trained once; a resumed run must reuse the exact same one.
   const fs::path tokenizer_file = checkpoint / "tokenizer.model";
@@ -276,8 +273,7 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
   double clock_offset = 0;
   double loss_sum = 0;  // training loss since the last curve point (kept across a resume)
   std::int64_t loss_count = 0;
-  if (!state.is_null() && state.contains("weights") && fs::exists(checkpoint / state.at("weights").get<std::string>()) &&
-      fs::exists(checkpoint / state.at("optimizer").get<std::string>())) {
+  if (!state.is_null()) {
     torch::NoGradGuard no_grad;
     auto source = open_safetensors(checkpoint / state.at("weights").get<std::string>());
     for (auto& [name, tensor] : weights.named()) {
@@ -313,21 +309,14 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
     fs::rename(checkpoint / (optimizer_name + ".next"), checkpoint / optimizer_name);
     nlohmann::json curve = nlohmann::json::array();
     for (const auto& p : result.curve) curve.push_back(point_json(p));
-    write_file_atomic(checkpoint / "state.json", nlohmann::json{{"fingerprint", fingerprint},
-                                                                {"step", step},
-                                                                {"seconds", seconds},
-                                                                {"loss_sum", loss_sum},
-                                                                {"loss_count", loss_count},
-                                                                {"weights", weights_name},
-                                                                {"optimizer", optimizer_name},
-                                                                {"curve", curve}}
-                                                     .dump(2));
-    for (const auto& entry : fs::directory_iterator(checkpoint)) {
-      const std::string file = entry.path().filename().string();
-      const bool stale = (file.rfind("weights-", 0) == 0 && file != weights_name) ||
-                         (file.rfind("optimizer-", 0) == 0 && file != optimizer_name);
-      if (stale) fs::remove(entry.path());
-    }
+    checkpoint_dir.commit({{"step", step},
+                           {"seconds", seconds},
+                           {"loss_sum", loss_sum},
+                           {"loss_count", loss_count},
+                           {"weights", weights_name},
+                           {"optimizer", optimizer_name},
+                           {"curve", curve}},
+                          checkpoint_files);
   };
 
   const auto started = std::chrono::steady_clock::now();

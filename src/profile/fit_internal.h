@@ -3,11 +3,13 @@
 // M-step; split_merge.cpp: the refinement move; infer.cpp: fold-in and evaluation; profiles.cpp: the files;
 // fit_options.cpp: the options). Not part of the library's interface.
 #include <nlohmann/json.hpp>
+#include <torch/optim/adamw.h>
 #include <torch/types.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -18,6 +20,8 @@
 #include "userip/profile/codebook.h"
 #include "userip/profile/fit.h"
 #include "userip/profile/samples.h"
+#include "userip/profile/template.h"
+#include "userip/util/checkpoint.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 
@@ -367,6 +371,60 @@ struct PassState {
   double nll = 0;
   std::int64_t tokens = 0;
 };
+
+// The fit's whole state between two batches: what a checkpoint saves and a resume restores.
+struct FitState {
+  torch::Tensor z;                          // [U, P, d] every user's soft tokens
+  RowAdam adam;                             // their per-user Adam state
+  std::vector<ResidualCodebook> codebooks;  // one per attribute (none without codebooks)
+  bool codebooks_ready = false;             // seeded: after the first M-step, from the start in joint mode
+  std::unique_ptr<torch::optim::AdamW> codebook_optimizer;  // joint mode's, once the codebooks are ready
+  int round = 0;                            // the round under way
+  std::size_t batch = 0;                    // its first batch not yet run
+  PassState pass;                           // its sums over the batches run so far
+  std::int64_t batches_done = 0;            // over every round, for --stop-after-batches
+  std::int64_t tokens = 0;                  // label tokens through the LM, every round and step
+  double seconds = 0;                       // fitting time of earlier processes (a resumed fit)
+  std::vector<RoundLog> log;                // the finished rounds' records
+
+  // Fresh state: seeded vectors and Adam state, codebooks shaped for the template (seeded at once in
+  // joint mode).
+  static FitState initial(const FitInputs& in, const FitOptions& o, std::int64_t users);
+  // The joint mode's codebook optimiser over the current codewords.
+  void make_codebook_optimizer(const FitOptions& o);
+  // One checkpoint: the tensors (and the joint optimiser) under names of this round and batch, then
+  // state.json naming them. `seconds`: the fit's time so far.
+  void save(const CheckpointDir& checkpoint, const std::vector<AttributeSpec>& attributes, double seconds) const;
+  // The checkpoint's state when it belongs to this fit (CheckpointDir::load's policy); false otherwise.
+  bool restore(const CheckpointDir& checkpoint, const FitOptions& o, const std::vector<AttributeSpec>& attributes);
+};
+
+// What a fit's rounds share.
+struct RoundContext {
+  const FitOptions& o;
+  const Engine& engine;
+  const std::vector<AttributeSpec>& attributes;
+  dist::World& world;
+  ProgressBar& progress;
+  std::int64_t users = 0;  // U, the fitted users
+  int total_rounds = 0;    // EM and refinement rounds
+  int estep_workers = 1;   // batches side by side
+  // A mid-round checkpoint of the state as it stands, and whether one is due (--checkpoint-seconds).
+  std::function<void(const FitState&)> save;
+  std::function<bool()> checkpoint_due;
+};
+
+// One round of the E-step from state.batch (alternating: every user's steps on its own profile with
+// the prior of weight `lambda`; joint: one epoch with the codebook loss), its batches shared out to
+// ranks. Returns false when --stop-after-batches stopped it within the round (a checkpoint written).
+bool estep_round(const RoundContext& ctx, FitState& state, int round, double lambda);
+
+// One refinement round: codes by likelihood with the codewords held, then the codewords by
+// likelihood with the codes held, split-and-merge moves every second round, and in the last round
+// every user's final codes over its whole history. The profiles become their codewords. Works on
+// `refine_rows` (all users when empty); fills the log's code margins and moves.
+void refinement_round(const RoundContext& ctx, FitState& state, int round,
+                      const std::vector<std::int64_t>& refine_rows, RoundLog& log);
 
 // Samples never run past the LM's context: positions it was not trained on make its attention, and
 // so the profiles' influence, unreliable.

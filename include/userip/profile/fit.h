@@ -247,8 +247,8 @@ FitResult fit_profiles(const FitInputs& inputs, const FitOptions& options, const
 
 // How fold-in gives a new user its profile.
 enum class FoldInMethod {
-  automatic,   // likelihood when the fit has codebooks of one level, else estep (docs/RESULTS.md: on
-               // MovieLens it raised the cold users' AUC gain from +0.038/+0.047 to +0.065/+0.075)
+  automatic,   // likelihood when the fit has codebooks of one level, else estep (docs/RESULTS.md, fold-in
+               // by likelihood: it raised the cold users' AUC gain on MovieLens)
   estep,       // E-steps from the mean profile, the prior annealed as in the fit; codes by distance
   likelihood,  // the codes under which the LM finds the user's whole history likeliest (coordinate
                // ascent over the attributes, two sweeps); the profile is their codeword. One level only.
