@@ -276,8 +276,6 @@ FitResult fit_profiles(const FitInputs& in, const FitOptions& requested, const f
                          attributes,
                          world,
                          progress,
-                         U,
-                         total_rounds,
                          // The alternating E-step's batches hold disjoint users and read only the frozen LM, so
                          // on the CPU they run `--threads` at a time, each single-threaded, their results summed
                          // in batch order (docs/BENCHMARKS.md, "Profile fitting").

@@ -313,99 +313,99 @@ bool estep_round(const RoundContext& ctx, FitState& state, int round, double lam
   const Engine& engine = ctx.engine;
   dist::World& world = ctx.world;
   ProgressBar& progress = ctx.progress;
-  const std::int64_t U = ctx.users;
+  const std::int64_t U = static_cast<std::int64_t>(engine.users().size());
   const int estep_workers = ctx.estep_workers;
   const bool joint = o.mode == EmMode::joint;
   torch::Tensor& z = state.z;
   RowAdam& adam = state.adam;
   auto& codebooks = state.codebooks;
   bool stopped = false;
-    auto r = joint ? engine.window_samples(static_cast<std::uint64_t>(round), o.joint_batch)
-                   : engine.user_samples(static_cast<std::uint64_t>(round));
-    const std::size_t first = state.batch;
-    const int steps = joint ? 1 : o.estep_steps;
-    // One batch of the E-step: its users' steps on their own rows of z and of the Adam state.
-    const auto run_batch = [&](std::size_t b) {
-      std::vector<const ProfileSample*> members;
-      for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
-      auto p = engine.prepare(members);
-      BatchOutcome outcome;
-      outcome.labels = p.labels;
-      for (int s = 0; s < steps; ++s) {
-        auto z_local = z.index_select(0, p.user_rows).detach().requires_grad_(true);
-        auto nll_rows = engine.row_nll(p, z_local);
-        torch::Tensor loss;
-        if (joint) {
-          // The released code: batch-mean NLL plus the codebook loss on stopgrad(z).
-          loss = (nll_rows * p.row_weight).sum() / static_cast<double>(members.size());
-          if (state.codebooks_ready) {
-            for (std::size_t a = 0; a < codebooks.size(); ++a) {
-              auto x = engine.attribute_view(z_local, a).detach();
-              auto target = codebooks[a].reconstruct(codebooks[a].assign(x));
-              loss = loss + o.codebook_loss_weight * (x - target).pow(2).mean();
-            }
-            state.codebook_optimizer->zero_grad();
+  auto r = joint ? engine.window_samples(static_cast<std::uint64_t>(round), o.joint_batch)
+                 : engine.user_samples(static_cast<std::uint64_t>(round));
+  const std::size_t first = state.batch;
+  const int steps = joint ? 1 : o.estep_steps;
+  // One batch of the E-step: its users' steps on their own rows of z and of the Adam state.
+  const auto run_batch = [&](std::size_t b) {
+    std::vector<const ProfileSample*> members;
+    for (auto i : r.batches[b]) members.push_back(&r.samples[i]);
+    auto p = engine.prepare(members);
+    BatchOutcome outcome;
+    outcome.labels = p.labels;
+    for (int s = 0; s < steps; ++s) {
+      auto z_local = z.index_select(0, p.user_rows).detach().requires_grad_(true);
+      auto nll_rows = engine.row_nll(p, z_local);
+      torch::Tensor loss;
+      if (joint) {
+        // The released code: batch-mean NLL plus the codebook loss on stopgrad(z).
+        loss = (nll_rows * p.row_weight).sum() / static_cast<double>(members.size());
+        if (state.codebooks_ready) {
+          for (std::size_t a = 0; a < codebooks.size(); ++a) {
+            auto x = engine.attribute_view(z_local, a).detach();
+            auto target = codebooks[a].reconstruct(codebooks[a].assign(x));
+            loss = loss + o.codebook_loss_weight * (x - target).pow(2).mean();
           }
-        } else {
-          // Each user's objective: its mean NLL per label token, plus the prior. Summed over users,
-          // so every user's gradient is its own.
-          loss = (nll_rows * p.row_weight).sum();
-          if (lambda > 0 && state.codebooks_ready) loss = loss + lambda * engine.prior_distance(z_local, codebooks).sum();
+          state.codebook_optimizer->zero_grad();
         }
-        loss.backward();
-        {
-          torch::NoGradGuard no_grad;
-          adam.step(z, p.user_rows, z_local.grad(), joint ? o.joint_learning_rate : o.learning_rate,
-                    joint ? o.weight_decay : 0.0);
-          if (joint && state.codebooks_ready) state.codebook_optimizer->step();
-        }
-        if (s == steps - 1) outcome.nll = nll_rows.detach().sum().item<double>();
+      } else {
+        // Each user's objective: its mean NLL per label token, plus the prior. Summed over users,
+        // so every user's gradient is its own.
+        loss = (nll_rows * p.row_weight).sum();
+        if (lambda > 0 && state.codebooks_ready) loss = loss + lambda * engine.prior_distance(z_local, codebooks).sum();
       }
-      return outcome;
-    };
-    const std::size_t group = static_cast<std::size_t>(estep_workers);
-    // Across ranks (alternating mode), each takes the next `group` batches of every W·group in
-    // turn; the users' rows of z and of the Adam state and the batches' outcomes are then shared,
-    // so every rank holds what one process would (batches hold disjoint users).
-    const bool sharded = world.distributed() && !joint;
-    double sharing_seconds = 0;  // in the collectives that share the E-step's results
-    const std::size_t span = sharded ? group * static_cast<std::size_t>(world.size()) : group;
-    // Every batch in one thread, whatever the group: a batch's numbers then do not depend on how
-    // many batches run beside it.
-    ScopedSingleThreadedBlas blas_policy(o.device.is_cpu());
-    for (std::size_t b = first; b < r.batches.size(); b += span) {
-      const std::size_t end = std::min(r.batches.size(), b + span);
-      const auto [mine, mine_end] = sharded ? dist::share_of_span(b, end, group, world.rank()) : std::make_pair(b, end);
-      std::vector<BatchOutcome> outcomes(end - b);
-      run_side_by_side(mine, mine_end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
-      if (sharded) {
-        const auto sharing_started = std::chrono::steady_clock::now();
-        share_estep_span(world, engine, r, b, mine, mine_end, z, adam, outcomes);
-        sharing_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sharing_started).count();
+      loss.backward();
+      {
+        torch::NoGradGuard no_grad;
+        adam.step(z, p.user_rows, z_local.grad(), joint ? o.joint_learning_rate : o.learning_rate,
+                  joint ? o.weight_decay : 0.0);
+        if (joint && state.codebooks_ready) state.codebook_optimizer->step();
       }
-      for (const auto& outcome : outcomes) {
-        state.pass.nll += outcome.nll;
-        state.pass.tokens += outcome.labels;
-        state.tokens += outcome.labels * steps;
-        ++state.batches_done;
-      }
-      // Users of the round done so far, in proportion to its batches.
-      progress.set(static_cast<std::uint64_t>(round) * static_cast<std::uint64_t>(U) +
-                   static_cast<std::uint64_t>(U) * end / r.batches.size());
-      if (state.pass.tokens > 0) progress.set_metric(fmt::format("nll {:.3f}", state.pass.nll / state.pass.tokens));
-      const bool stop = o.stop_after_batches > 0 && state.batches_done >= o.stop_after_batches;
-      if ((stop || ctx.checkpoint_due()) && end < r.batches.size()) {
-        state.batch = end;
-        ctx.save(state);
-      }
-      if (stop && end < r.batches.size()) {
-        stopped = true;
-        break;
-      }
+      if (s == steps - 1) outcome.nll = nll_rows.detach().sum().item<double>();
     }
-    if (sharded)
-      spdlog::info("round {}: {:.2f} s of the E-step in the collectives sharing its results across {} ranks", round + 1,
-                   sharing_seconds, world.size());
+    return outcome;
+  };
+  const std::size_t group = static_cast<std::size_t>(estep_workers);
+  // Across ranks (alternating mode), each takes the next `group` batches of every W·group in
+  // turn; the users' rows of z and of the Adam state and the batches' outcomes are then shared,
+  // so every rank holds what one process would (batches hold disjoint users).
+  const bool sharded = world.distributed() && !joint;
+  double sharing_seconds = 0;  // in the collectives that share the E-step's results
+  const std::size_t span = sharded ? group * static_cast<std::size_t>(world.size()) : group;
+  // Every batch in one thread, whatever the group: a batch's numbers then do not depend on how
+  // many batches run beside it.
+  ScopedSingleThreadedBlas blas_policy(o.device.is_cpu());
+  for (std::size_t b = first; b < r.batches.size(); b += span) {
+    const std::size_t end = std::min(r.batches.size(), b + span);
+    const auto [mine, mine_end] = sharded ? dist::share_of_span(b, end, group, world.rank()) : std::make_pair(b, end);
+    std::vector<BatchOutcome> outcomes(end - b);
+    run_side_by_side(mine, mine_end, [&](std::size_t i) { outcomes[i - b] = run_batch(i); });
+    if (sharded) {
+      const auto sharing_started = std::chrono::steady_clock::now();
+      share_estep_span(world, engine, r, b, mine, mine_end, z, adam, outcomes);
+      sharing_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - sharing_started).count();
+    }
+    for (const auto& outcome : outcomes) {
+      state.pass.nll += outcome.nll;
+      state.pass.tokens += outcome.labels;
+      state.tokens += outcome.labels * steps;
+      ++state.batches_done;
+    }
+    // Users of the round done so far, in proportion to its batches.
+    progress.set(static_cast<std::uint64_t>(round) * static_cast<std::uint64_t>(U) +
+                 static_cast<std::uint64_t>(U) * end / r.batches.size());
+    if (state.pass.tokens > 0) progress.set_metric(fmt::format("nll {:.3f}", state.pass.nll / state.pass.tokens));
+    const bool stop = o.stop_after_batches > 0 && state.batches_done >= o.stop_after_batches;
+    if ((stop || ctx.checkpoint_due()) && end < r.batches.size()) {
+      state.batch = end;
+      ctx.save(state);
+    }
+    if (stop && end < r.batches.size()) {
+      stopped = true;
+      break;
+    }
+  }
+  if (sharded)
+    spdlog::info("round {}: {:.2f} s of the E-step in the collectives sharing its results across {} ranks", round + 1,
+                 sharing_seconds, world.size());
   return !stopped;
 }
 

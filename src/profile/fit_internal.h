@@ -406,9 +406,7 @@ struct RoundContext {
   const std::vector<AttributeSpec>& attributes;
   dist::World& world;
   ProgressBar& progress;
-  std::int64_t users = 0;  // U, the fitted users
-  int total_rounds = 0;    // EM and refinement rounds
-  int estep_workers = 1;   // batches side by side
+  int estep_workers = 1;  // batches side by side
   // A mid-round checkpoint of the state as it stands, and whether one is due (--checkpoint-seconds).
   std::function<void(const FitState&)> save;
   std::function<bool()> checkpoint_due;

@@ -22,7 +22,7 @@ class UserSummary {
   UserSummary(const data::Dataset& dataset, const data::SplitView& rows, std::string_view phrase)
       : dataset_(&dataset), view_(&rows) {
     for (auto& part : split_placeholders(phrase, "user phrase")) {
-      if (part.placeholder) names_.push_back(part.text);
+      if (part.placeholder) names_.push_back(part.text), slots_.push_back(pieces_.size());
       pieces_.push_back(part.placeholder ? parse(part.text, phrase) : Piece{Kind::literal, std::move(part.text), 0, 0});
     }
     // Quintiles of the users' shares of positive labels: a style relative to the population, whatever the rating
@@ -53,10 +53,7 @@ class UserSummary {
   // The summary of `user` with placeholder `placeholder` (an index into placeholders()) rendered for `other`.
   std::string render_swapped(std::uint32_t user, std::size_t placeholder, std::uint32_t other) const {
     std::string out;
-    for (std::size_t k = 0, seen = 0; k < pieces_.size(); ++k) {
-      const bool swapped = pieces_[k].kind != Kind::literal && seen++ == placeholder;
-      out += render_piece(k, swapped ? other : user);
-    }
+    for (std::size_t k = 0; k < pieces_.size(); ++k) out += render_piece(k, k == slots_[placeholder] ? other : user);
     return out;
   }
 
@@ -65,9 +62,7 @@ class UserSummary {
 
   // Placeholder `placeholder` rendered for `user`.
   std::string value(std::size_t placeholder, std::uint32_t user) const {
-    for (std::size_t k = 0, seen = 0; k < pieces_.size(); ++k)
-      if (pieces_[k].kind != Kind::literal && seen++ == placeholder) return render_piece(k, user);
-    return {};
+    return render_piece(slots_[placeholder], user);
   }
 
  private:
@@ -160,7 +155,8 @@ class UserSummary {
   const data::Dataset* dataset_;
   const data::SplitView* view_;
   std::vector<Piece> pieces_;
-  std::vector<std::string> names_;
+  std::vector<std::string> names_;  // of the placeholders, in phrase order
+  std::vector<std::size_t> slots_;  // each placeholder's index in pieces_
   std::map<std::size_t, std::map<std::string, double>> population_;
   std::vector<double> like_rate_quintiles_;
 };

@@ -98,12 +98,12 @@ text::CorpusOptions corpus_options_for(const std::filesystem::path& model, const
   return options;
 }
 
-// Measures how much the model reads each part of the user summary, prints a line per part and writes
+// Measures how much the model reads each part of the user summary in `options`' phrases, prints a line per part and writes
 // `report_file` (the report, the probe's seed and size, the dataset).
 lm::ContextReport probe_context(const lm::CausalLM& model, const std::filesystem::path& model_path,
                                 const data::Dataset& dataset, const std::filesystem::path& dataset_path,
-                                std::size_t cases, std::uint64_t seed, const std::filesystem::path& report_file) {
-  const auto options = corpus_options_for(model_path, dataset);
+                                const text::CorpusOptions& options, std::size_t cases, std::uint64_t seed,
+                                const std::filesystem::path& report_file) {
   const auto probe = text::build_context_probe(dataset, options, cases, seed);
   auto tokenizer = lm::load_model_tokenizer(model_path);
   const auto report = lm::measure_context_reading(model, *tokenizer, probe);
@@ -178,7 +178,8 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
         model_options.device = *device;
         // The probe informs; it never fails a finished pretraining.
         try {
-          probe_context(load(model_options), *out, d, *dataset, *probe_cases, o->seed, *out / "context_probe.json");
+          probe_context(load(model_options), *out, d, *dataset, corpus.options, *probe_cases, o->seed,
+                        *out / "context_probe.json");
         } catch (const Error& e) {
           spdlog::warn("{}: no context probe: {}", out->string(), e.what());
         }
@@ -204,7 +205,7 @@ void add_lm_commands(CLI::App& app, GlobalOptions& global) {
     cmd->add_option("--out", *out, "Also write the report as JSON to this file");
     on_run(cmd, [o, dataset, out, cases, seed] {
       auto d = data::Dataset::load(*dataset);
-      probe_context(load(*o), o->model, d, *dataset, *cases, *seed, *out);
+      probe_context(load(*o), o->model, d, *dataset, corpus_options_for(o->model, d), *cases, *seed, *out);
     });
   }
 
