@@ -16,6 +16,7 @@
 #include "userip/ctr/features.h"
 #include "userip/ctr/models.h"
 #include "userip/ctr/optimizer.h"
+#include "userip/util/allocator.h"
 #include "userip/util/log.h"
 #include "userip/lm/threads.h"
 
@@ -200,6 +201,7 @@ BENCHMARK(BM_DcnAdamStep)
 
 int main(int argc, char** argv) {
   userip::log_init("warn");
+  userip::configure_allocator();  // as the CLI does
   const char* threads = std::getenv("USERIP_BENCH_THREADS");
   userip::configure_threads(threads ? std::atoi(threads) : 0);
   benchmark::Initialize(&argc, argv);

@@ -1,9 +1,10 @@
 // Throughput of the frozen LM's forward + backward to the input embeddings (the soft-prompt
 // training step), with achieved GFLOP/s against this machine's single-precision GEMM peak
 // measured in the same run. Random weights; batches of varied lengths bucketed by length.
-//   build/bench/lm_bench [--benchmark_filter=default|gpt2|1b|gemm]
+//   build/bench/lm_bench [--benchmark_filter=default|gpt2|1b|gemm|bf16]
 // Each LM shape runs twice: aten1:0 with both thread pools at all cores, aten1:1 with ATen
-// single-threaded beside OpenBLAS.
+// single-threaded beside OpenBLAS. The _bf16 rows run the same step with bfloat16 weights and
+// activations (the models' --dtype bf16), beside a bfloat16 GEMM peak.
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 #include <torch/autograd.h>
@@ -13,6 +14,7 @@
 #include "userip/lm/batching.h"
 #include "userip/lm/model.h"
 #include "userip/lm/pretrain.h"
+#include "userip/util/allocator.h"
 #include "userip/util/log.h"
 #include "userip/util/random.h"
 #include "userip/lm/threads.h"
@@ -86,9 +88,9 @@ torch::Device bench_device() {
   return torch::Device(name && *name ? name : "cpu");
 }
 
-void BM_GemmPeak(benchmark::State& state) {
+void gemm_peak(benchmark::State& state, at::ScalarType dtype) {
   const std::int64_t n = state.range(0);
-  const auto on = at::TensorOptions().device(bench_device());
+  const auto on = at::TensorOptions().device(bench_device()).dtype(dtype);
   auto a = at::randn({n, n}, on), b = at::randn({n, n}, on);
   for (auto _ : state) {
     auto c = at::mm(a, b);
@@ -97,18 +99,22 @@ void BM_GemmPeak(benchmark::State& state) {
   double flops = 2.0 * n * n * n * static_cast<double>(state.iterations());
   state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsRate);
 }
+void BM_GemmPeak(benchmark::State& state) { gemm_peak(state, at::kFloat); }
+void BM_GemmPeak_bf16(benchmark::State& state) { gemm_peak(state, at::kBFloat16); }
 BENCHMARK(BM_GemmPeak)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_GemmPeak_bf16)->Arg(1024)->Arg(2048)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 // state.range(0): 0 = both pools at --threads, 1 = ATen single-threaded beside OpenBLAS (the
 // policy of the training loops, see ScopedSingleThreadedAten); the two rows side by side are
 // that policy's evidence.
 void run_forward_backward(benchmark::State& state, const ModelConfig& config, std::int64_t sequences,
-                          std::int64_t max_tokens, std::int64_t min_length, std::int64_t max_length) {
+                          std::int64_t max_tokens, std::int64_t min_length, std::int64_t max_length,
+                          at::ScalarType dtype = at::kFloat) {
   userip::ScopedSingleThreadedAten thread_policy(state.range(0) == 1);
   torch::NoGradGuard no_grad_during_setup;
   const torch::Device device = bench_device();
   const auto on = at::TensorOptions().device(device);
-  userip::lm::CausalLM model(config, userip::lm::random_weights(config, 1, at::kFloat, device));
+  userip::lm::CausalLM model(config, userip::lm::random_weights(config, 1, dtype, device));
   // Sequence lengths like profile samples: a prompt plus a short behaviour text.
   userip::Rng rng(7);
   std::vector<std::int64_t> lengths(sequences);
@@ -155,14 +161,27 @@ void run_forward_backward(benchmark::State& state, const ModelConfig& config, st
 void BM_ForwardBackward_default(benchmark::State& state) { run_forward_backward(state, default_lm(), 256, 4096, 40, 96); }
 void BM_ForwardBackward_gpt2_small(benchmark::State& state) { run_forward_backward(state, gpt2_small(), 64, 1024, 40, 96); }
 void BM_ForwardBackward_llama_1b(benchmark::State& state) { run_forward_backward(state, llama_1b(), 4, 512, 40, 96); }
+void BM_ForwardBackward_default_bf16(benchmark::State& state) {
+  run_forward_backward(state, default_lm(), 256, 4096, 40, 96, at::kBFloat16);
+}
+void BM_ForwardBackward_gpt2_small_bf16(benchmark::State& state) {
+  run_forward_backward(state, gpt2_small(), 64, 1024, 40, 96, at::kBFloat16);
+}
+void BM_ForwardBackward_llama_1b_bf16(benchmark::State& state) {
+  run_forward_backward(state, llama_1b(), 4, 512, 40, 96, at::kBFloat16);
+}
 BENCHMARK(BM_ForwardBackward_default)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
 BENCHMARK(BM_ForwardBackward_gpt2_small)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
 BENCHMARK(BM_ForwardBackward_llama_1b)->ArgName("aten1")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
+BENCHMARK(BM_ForwardBackward_default_bf16)->ArgName("aten1")->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
+BENCHMARK(BM_ForwardBackward_gpt2_small_bf16)->ArgName("aten1")->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(5);
+BENCHMARK(BM_ForwardBackward_llama_1b_bf16)->ArgName("aten1")->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(2);
 
 }  // namespace
 
 int main(int argc, char** argv) {
   userip::log_init("warn");
+  userip::configure_allocator();  // as the CLI does
   userip::configure_threads(0);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();

@@ -7,10 +7,12 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 
 #include "lm/model_internal.h"
 #include "userip/lm/gguf.h"
+#include "userip/lm/precision.h"
 #include "userip/lm/tensor_file.h"
 #include "userip/util/error.h"
 
@@ -335,6 +337,13 @@ ModelConfig config_from_gguf(const GgufFile& file) {
 
 CausalLM load_model(const fs::path& path, torch::ScalarType dtype, torch::Device device) {
   if (!at::isFloatingType(dtype)) fail("{}: models load into a floating dtype, not {}", path.string(), c10::toString(dtype));
+  if (const auto caveat = low_precision_caveat(dtype, device); !caveat.empty()) {
+    // Said once per process: one model or a hundred, the machine is the same.
+    static std::mutex mutex;
+    static std::set<std::string> said;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (said.insert(caveat).second) spdlog::warn("{}", caveat);
+  }
   if (!fs::exists(path)) fail("{}: no such file or directory", path.string());
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "config.json")) fail("{}: not a model directory (no config.json)", path.string());

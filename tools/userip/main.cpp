@@ -12,6 +12,8 @@
 #include "userip/util/error.h"
 #include "userip/util/log.h"
 #include "userip/dist/world.h"
+#include "userip/lm/precision.h"
+#include "userip/lm/tensor_memory.h"
 #include "userip/lm/threads.h"
 
 namespace userip::cli {
@@ -68,6 +70,9 @@ int main(int argc, char** argv) {
     // A launched rank joins its world before any work, so that a missing rank is named at once.
     dist::World::get();
     configure_allocator();
+#if defined(__SANITIZE_ADDRESS__)
+    lm::use_caching_tensor_allocator();  // see its header: ASan has no cache for large blocks
+#endif
     int threads = configure_threads(global.threads);
     BlasInfo blas = detect_blas();
     if (blas.is_reference) {
@@ -75,7 +80,9 @@ int main(int argc, char** argv) {
                    "install it with scripts/setup.sh (package libopenblas0-pthread)",
                    blas.name);
     }
-    spdlog::debug("threads: {}; BLAS: {} {}", threads, blas.name, blas.config);
+    const std::string bf16 = lm::cpu_bf16_instructions();
+    spdlog::debug("threads: {}; BLAS: {} {}; CPU bfloat16: {}", threads, blas.name, blas.config,
+                  bf16.empty() ? "none (bf16 is emulated)" : bf16);
     for (auto& [command, action] : cli::actions()) {
       if (command->parsed()) action();
     }
