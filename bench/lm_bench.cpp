@@ -1,7 +1,7 @@
 // Throughput of the frozen LM's forward + backward to the input embeddings (the soft-prompt
 // training step), with achieved GFLOP/s against this machine's single-precision GEMM peak
 // measured in the same run. Random weights; batches of varied lengths bucketed by length.
-//   build/bench/lm_bench [--benchmark_filter=default|gpt2|1b|gemm|bf16]
+//   build/bench/lm_bench [--benchmark_filter=default|gpt2|1b|gemm|bf16]   USERIP_BENCH_THREADS=N (default: all cores)
 // Each LM shape runs twice: aten1:0 with both thread pools at all cores, aten1:1 with ATen
 // single-threaded beside OpenBLAS. The _bf16 rows run the same step with bfloat16 weights and
 // activations (the models' --dtype bf16), beside a bfloat16 GEMM peak.
@@ -182,7 +182,8 @@ BENCHMARK(BM_ForwardBackward_llama_1b_bf16)->ArgName("aten1")->Arg(1)->Unit(benc
 int main(int argc, char** argv) {
   userip::log_init("warn");
   userip::configure_allocator();  // as the CLI does
-  userip::configure_threads(0);
+  const char* threads = std::getenv("USERIP_BENCH_THREADS");
+  userip::configure_threads(threads ? std::atoi(threads) : 0);
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   return 0;

@@ -32,7 +32,7 @@ bench="$root/build/bench/lm_bench"
 
 for ((r = 1; r <= repeats; r++)); do
   echo "== repeat $r: C++ (lm_bench, --threads $threads)"
-  OMP_NUM_THREADS="$threads" OPENBLAS_NUM_THREADS="$threads" "$bench" \
+  USERIP_BENCH_THREADS="$threads" "$bench" \
     --benchmark_filter='GemmPeak(_bf16)?/2048|gpt2_small(_bf16)?/aten1:1' 2>&1 | grep -E '^BM_'
   echo "== repeat $r: Python peer ($peer, $threads threads)"
   line="$("$PYTHON" "$peer" "$threads")"

@@ -1,7 +1,5 @@
 #include "userip/lm/precision.h"
 
-#include <fmt/format.h>
-
 namespace userip::lm {
 
 std::string cpu_bf16_instructions() {

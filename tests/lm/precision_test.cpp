@@ -8,7 +8,6 @@
 #include <torch/torch.h>
 
 #include <fstream>
-#include <sstream>
 
 #include "userip/lm/generate.h"
 #include "userip/lm/loader.h"
