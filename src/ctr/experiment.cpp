@@ -54,6 +54,11 @@ const OptionTable<CompareConfig>& CompareConfig::table() {
         .range(0, 1)
         .open_below()
         .open_above();
+    t.add("learning_rates", &C::learning_rates,
+          "Learning rates tried for every model and variant; each reports the rate with the best mean validation "
+          "AUC over its seeds (empty: the train section's learning_rate)")
+        .flag("learning-rates")
+        .written_when([](const C& c) { return !c.learning_rates.empty(); });
     return t;
   }();
   return table;
@@ -64,6 +69,11 @@ void CompareConfig::validate() const {
   USERIP_CHECK(!variants.empty(), "compare: no variants");
   std::set<Variant> seen;
   for (auto v : variants) USERIP_CHECK(seen.insert(v).second, "compare: variant '{}' is listed twice", to_string(v));
+  std::set<double> rates;
+  for (double r : learning_rates) {
+    USERIP_CHECK(std::isfinite(r) && r > 0, "compare: learning_rates must be positive, got {}", r);
+    USERIP_CHECK(rates.insert(r).second, "compare: learning rate {} is listed twice", r);
+  }
 }
 
 json CompareConfig::to_json() const { return table().to_json(*this); }
@@ -134,6 +144,17 @@ std::string run_key(const std::string& experiment, Variant variant, std::uint64_
   return fmt::format("{}/{}/{}", experiment, to_string(variant), seed);
 }
 
+// The validation AUC at which a run stopped (runs written before it was recorded: the best epoch's).
+double best_valid_auc(const json& run) {
+  if (run.contains("best_valid_auc") && run["best_valid_auc"].is_number()) return run["best_valid_auc"].get<double>();
+  double best = -1;
+  for (const auto& epoch : run.value("epochs", json::array())) {
+    const json& auc = epoch["valid"]["auc"];
+    if (auc.is_number()) best = std::max(best, auc.get<double>());
+  }
+  return best;
+}
+
 std::string utc_now() {
   std::time_t now = std::time(nullptr);
   char text[32];
@@ -147,7 +168,7 @@ json summarize(const json& runs, const std::vector<std::string>& experiments, co
     // metric values per (variant, group, metric), keyed by seed so the pairing with base is exact.
     std::map<std::string, std::map<std::uint64_t, double>> values;
     for (const auto& run : runs) {
-      if (run["experiment"] != experiment) continue;
+      if (run["experiment"] != experiment || !run.value("selected", true)) continue;
       for (const char* group : kGroups) {
         for (const char* metric : kMetrics) {
           const json& v = run["groups"][group][metric];
@@ -260,56 +281,83 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
                                           fingerprint_file(std::filesystem::path(inputs.dataset_path) / "split.json");
   json runs = json::array();
   json groups_description;
-  const std::size_t total = experiments.size() * compare.variants.size() * static_cast<std::size_t>(compare.seeds);
+  const std::size_t rates_per_variant = std::max<std::size_t>(1, compare.learning_rates.size());
+  const std::size_t total =
+      experiments.size() * compare.variants.size() * static_cast<std::size_t>(compare.seeds) * rates_per_variant;
   std::size_t index = 0;
+  json chosen_rates = json::object();
   for (const auto& experiment : experiments) {
+    const std::vector<double> rates =
+        compare.learning_rates.empty() ? std::vector<double>{settings[experiment].train.learning_rate} : compare.learning_rates;
     for (auto variant : compare.variants) {
-      for (int s = 0; s < compare.seeds; ++s) {
-        ++index;
-        const std::uint64_t seed = compare.seed_base + static_cast<std::uint64_t>(s);
-        CtrSettings run_settings = settings[experiment];
-        run_settings.train.seed = seed;
-        run_settings.features.profile = variant == Variant::base    ? ProfileInput::none
-                                        : variant == Variant::dense ? ProfileInput::dense
-                                                                    : ProfileInput::codes;
-        const std::string key = run_key(experiment, variant, seed);
-        const std::string fingerprint = hex64(fnv1a64(
-            run_settings.to_json().dump() + dataset_fingerprint + compare.to_json().dump() +
-            (variant == Variant::codes || variant == Variant::dense ? inputs.userip_fingerprint : std::string())));
-        auto cached = done.find(key + "#" + fingerprint);
-        if (cached != done.end()) {
-          spdlog::info("[{}/{}] {}: unchanged, reusing the earlier run", index, total, key);
-          runs.push_back(cached->second);
-          continue;
+      const std::size_t first_run = runs.size();
+      for (double rate : rates) {
+        for (int s = 0; s < compare.seeds; ++s) {
+          ++index;
+          const std::uint64_t seed = compare.seed_base + static_cast<std::uint64_t>(s);
+          CtrSettings run_settings = settings[experiment];
+          run_settings.train.seed = seed;
+          run_settings.train.learning_rate = rate;
+          run_settings.features.profile = variant == Variant::base    ? ProfileInput::none
+                                          : variant == Variant::dense ? ProfileInput::dense
+                                                                      : ProfileInput::codes;
+          std::string key = run_key(experiment, variant, seed);
+          if (rates.size() > 1) key += fmt::format("/lr={}", rate);
+          const std::string fingerprint = hex64(fnv1a64(
+              run_settings.to_json().dump() + dataset_fingerprint + compare.to_json().dump() +
+              (variant == Variant::codes || variant == Variant::dense ? inputs.userip_fingerprint : std::string())));
+          auto cached = done.find(key + "#" + fingerprint);
+          if (cached != done.end()) {
+            spdlog::info("[{}/{}] {}: unchanged, reusing the earlier run", index, total, key);
+            runs.push_back(cached->second);
+            continue;
+          }
+          spdlog::info("[{}/{}] {}: training", index, total, key);
+          TrainOptions train_options = options.train;
+          TrainedModel t = train_on_dataset(dataset, run_settings, tables[variant], train_options);
+          const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
+          if (groups_description.is_null()) groups_description = groups.description;
+          json epochs = json::array();
+          for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
+          json run = {{"key", key},
+                      {"fingerprint", fingerprint},
+                      {"experiment", experiment.empty() ? "base" : experiment},
+                      {"model", to_string(run_settings.model.kind)},
+                      {"variant", to_string(variant)},
+                      {"seed", seed},
+                      {"groups",
+                       {{"all", group_metrics(t.test_scores, t.examples.test, {})},
+                        {"sparse", group_metrics(t.test_scores, t.examples.test, groups.sparse_user)},
+                        {"cold", group_metrics(t.cold_test_scores, t.examples.cold_test, {})}}},
+                      {"learning_rate", rate},
+                      {"best_valid_auc", number_or_null(t.result.best_valid.auc)},
+                      {"best_epoch", t.result.best_epoch},
+                      {"epochs", epochs},
+                      {"samples_per_second", t.result.samples_per_second},
+                      {"seconds", t.result.seconds}};
+          spdlog::info("[{}/{}] {}: test AUC {:.4f}, cold AUC {:.4f}", index, total, key,
+                       run["groups"]["all"]["auc"].is_number() ? run["groups"]["all"]["auc"].get<double>() : NAN,
+                       run["groups"]["cold"]["auc"].is_number() ? run["groups"]["cold"]["auc"].get<double>() : NAN);
+          append << run.dump() << "\n";
+          append.flush();
+          runs.push_back(std::move(run));
         }
-        spdlog::info("[{}/{}] {}: training", index, total, key);
-        TrainOptions train_options = options.train;
-        TrainedModel t = train_on_dataset(dataset, run_settings, tables[variant], train_options);
-        const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
-        if (groups_description.is_null()) groups_description = groups.description;
-        json epochs = json::array();
-        for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
-        json run = {{"key", key},
-                    {"fingerprint", fingerprint},
-                    {"experiment", experiment.empty() ? "base" : experiment},
-                    {"model", to_string(run_settings.model.kind)},
-                    {"variant", to_string(variant)},
-                    {"seed", seed},
-                    {"groups",
-                     {{"all", group_metrics(t.test_scores, t.examples.test, {})},
-                      {"sparse", group_metrics(t.test_scores, t.examples.test, groups.sparse_user)},
-                      {"cold", group_metrics(t.cold_test_scores, t.examples.cold_test, {})}}},
-                    {"best_epoch", t.result.best_epoch},
-                    {"epochs", epochs},
-                    {"samples_per_second", t.result.samples_per_second},
-                    {"seconds", t.result.seconds}};
-        spdlog::info("[{}/{}] {}: test AUC {:.4f}, cold AUC {:.4f}", index, total, key,
-                     run["groups"]["all"]["auc"].is_number() ? run["groups"]["all"]["auc"].get<double>() : NAN,
-                     run["groups"]["cold"]["auc"].is_number() ? run["groups"]["cold"]["auc"].get<double>() : NAN);
-        append << run.dump() << "\n";
-        append.flush();
-        runs.push_back(std::move(run));
       }
+      // The rate this variant reports: the best mean validation AUC over its seeds. Test metrics play
+      // no part, so the comparison with base stays a held-out one.
+      std::map<double, std::vector<double>> valid_by_rate;
+      for (std::size_t r = first_run; r < runs.size(); ++r) {
+        valid_by_rate[runs[r].value("learning_rate", rates.front())].push_back(best_valid_auc(runs[r]));
+      }
+      double chosen = rates.front(), best_mean = -1;
+      for (double rate : rates) {
+        const double m = mean_std(valid_by_rate[rate]).mean;
+        if (m > best_mean) best_mean = m, chosen = rate;
+      }
+      for (std::size_t r = first_run; r < runs.size(); ++r) {
+        runs[r]["selected"] = runs[r].value("learning_rate", rates.front()) == chosen;
+      }
+      chosen_rates[experiment.empty() ? "base" : experiment][to_string(variant)] = chosen;
     }
   }
   if (groups_description.is_null()) {
@@ -334,6 +382,7 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
                  {"experiments", names},
                  {"variants", variant_names},
                  {"groups", groups_description},
+                 {"learning_rates", chosen_rates},
                  {"runs", runs},
                  {"summary", summarize(runs, names, compare.variants)}};
   write_file_atomic(out / "experiment.json", result.dump(1) + "\n");
@@ -377,6 +426,25 @@ std::string results_table(const json& experiment) {
         }
         text += line + "\n";
       }
+    }
+    text += "\n";
+  }
+  const json& tried = experiment["compare"].value("learning_rates", json::array());
+  if (tried.size() > 1) {
+    std::vector<std::string> tried_text;
+    for (const auto& r : tried) tried_text.push_back(fmt::format("{}", r.get<double>()));
+    text += fmt::format("Learning rate of each model and variant, the best mean validation AUC of {}:\n\n",
+                        join(tried_text, ", "));
+    text += "| model | " + join(experiment["variants"].get<std::vector<std::string>>(), " | ") + " |\n|---|";
+    for (std::size_t i = 0; i < experiment["variants"].size(); ++i) text += "---|";
+    text += "\n";
+    for (const auto& e : experiment["experiments"]) {
+      text += "| " + e.get<std::string>() + " |";
+      for (const auto& v : experiment["variants"]) {
+        const json& rate = experiment["learning_rates"][e.get<std::string>()][v.get<std::string>()];
+        text += " " + (rate.is_number() ? fmt::format("{}", rate.get<double>()) : std::string("?")) + " |";
+      }
+      text += "\n";
     }
     text += "\n";
   }

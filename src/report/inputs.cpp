@@ -251,6 +251,8 @@ Experiment read_experiment(const fs::path& path) {
       const std::string where = fmt::format("{}: runs[{}]", name, i);
       const Json& r = (*it)[i];
       USERIP_CHECK(r.is_object(), "{} must be an object, not {}", where, r.type_name());
+      // Runs at a learning rate that lost on validation (compare.learning_rates) are not in the summary.
+      if (auto sel = r.find("selected"); sel != r.end() && sel->is_boolean() && !sel->get<bool>()) continue;
       RunResult run;
       run.experiment = require_string(r, "experiment", where);
       run.variant = require_string(r, "variant", where);

@@ -244,6 +244,61 @@ TEST(CtrExperiment, RunsEveryVariantAndSeedComparesWithBaseAndResumes) {
   EXPECT_EQ(second["summary"], first["summary"]);
 }
 
+// With several learning rates, each model and variant reports the rate whose seeds have the best mean
+// validation AUC; the summary and the paired tests use that rate's runs only.
+TEST(CtrExperiment, EachVariantReportsTheLearningRateBestOnValidation) {
+  testing::TempDir dir;
+  const data::Dataset& d = world();
+  testing::write_control_bank(d, 4, dir / "bank.sqlite");
+  ExperimentInputs inputs;
+  inputs.dataset = &d;
+  inputs.dataset_path = (dir / "dataset").string();
+  d.save(dir / "dataset");
+  inputs.config = nlohmann::json::parse(R"({"base": {"model": {"kind": "fm"}, "train": {"max_epochs": 2, "batch_size": 256}}})");
+  inputs.config_path = "inline";
+  inputs.userip.codes = UserCodeTable::from_banks({dir / "bank.sqlite"});
+  inputs.userip_fingerprint = fingerprint_file(dir / "bank.sqlite");
+  CompareConfig compare;
+  compare.seeds = 2;
+  compare.variants = {Variant::base, Variant::codes};
+  // A rate too small to move the weights in two epochs, and a working one.
+  compare.learning_rates = {1e-7, 0.01};
+  ExperimentOptions options;
+  options.train = quiet();
+
+  const nlohmann::json result = run_experiment(inputs, compare, dir / "out", options);
+  ASSERT_EQ(result["runs"].size(), 2u * 2u * 2u);  // variants x rates x seeds
+  for (const char* variant : {"base", "codes"}) {
+    std::map<double, double> valid_sum;
+    for (const auto& run : result["runs"]) {
+      if (run["variant"] != variant) continue;
+      valid_sum[run["learning_rate"].get<double>()] += run["best_valid_auc"].get<double>();
+    }
+    const double best = valid_sum[0.01] > valid_sum[1e-7] ? 0.01 : 1e-7;
+    EXPECT_EQ(result["learning_rates"]["base"][variant].get<double>(), best) << variant;
+    for (const auto& run : result["runs"]) {
+      if (run["variant"] == variant) EXPECT_EQ(run["selected"].get<bool>(), run["learning_rate"].get<double>() == best);
+    }
+    // The summary's mean over seeds is the chosen rate's.
+    double test_sum = 0;
+    for (const auto& run : result["runs"]) {
+      if (run["variant"] == variant && run["selected"].get<bool>()) test_sum += run["groups"]["all"]["auc"].get<double>();
+    }
+    for (const auto& row : result["summary"]) {
+      if (row["variant"] == variant && row["group"] == "all" && row["metric"] == "auc") {
+        EXPECT_EQ(row["n"].get<int>(), 2);
+        EXPECT_NEAR(row["mean"].get<double>(), test_sum / 2, 1e-12);
+      }
+    }
+  }
+  EXPECT_NE(read_file(dir / "out" / "results.md").find("best mean validation AUC of 1e-07, 0.01"), std::string::npos);
+
+  expect_error([&] { CompareConfig::from_json(nlohmann::json::parse(R"({"learning_rates": [0.01, 0]})"), {}); },
+               {"learning_rates", "positive"});
+  expect_error([&] { CompareConfig::from_json(nlohmann::json::parse(R"({"learning_rates": [0.01, 0.01]})"), {}); },
+               {"0.01", "twice"});
+}
+
 TEST(CtrExperiment, VariantsWithoutTheirInputsAreRefused) {
   testing::TempDir dir;
   ExperimentInputs inputs;

@@ -46,8 +46,10 @@ struct ServeWorld {
                  "\n";
       w->explanations = w->dir / "explanations.jsonl";
       write_file_atomic(w->explanations, lines);
-      std::atexit([] { std::filesystem::remove_all(world_dir()); });
+      // world_dir() is set before the handler is registered, so its static outlives the handler
+      // (statics and atexit handlers run in reverse order of registration).
       world_dir() = w->dir;
+      std::atexit([] { std::filesystem::remove_all(world_dir()); });
       return w;
     }();
     return *world;

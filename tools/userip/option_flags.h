@@ -46,7 +46,11 @@ void add_option_flags(CLI::App* cmd, const OptionTable<Options>& table, Options&
           value[text.substr(0, eq)] = option_detail::parse_text(text.substr(eq + 1), "integer");
         } else if (f->kind.rfind("list of", 0) == 0) {  // repeatable or comma-separated
           value = values->contains(f->key) ? (*values)[f->key] : nlohmann::json::array();
-          value.push_back(text);
+          if (f->kind == "list of numbers" || f->kind == "list of integers") {
+            value.push_back(option_detail::parse_text(text, f->kind == "list of numbers" ? "number" : "integer"));
+          } else {
+            value.push_back(text);
+          }
         } else {
           value = option_detail::parse_text(text, f->kind);
         }
@@ -73,6 +77,7 @@ void add_option_flags(CLI::App* cmd, const OptionTable<Options>& table, Options&
     const std::string type = field.kind == "object of integers" ? "NAME=K"
                              : field.kind == "integer"           ? "INT"
                              : field.kind == "number"            ? "FLOAT"
+                             : field.kind == "list of numbers"   ? "FLOAT"
                              : field.kind == "boolean"           ? "BOOL"
                                                                  : "TEXT";
     option->type_name(type);

@@ -36,6 +36,10 @@ struct CompareConfig {
   std::string control_field;       // item field of control-genres and control-history; empty = the first category field
   std::int64_t cf_dim = 16;        // rank of control-cf's factorisation
   double sparse_quantile = 0.25;   // sparse users: the bottom quantile of training history length
+  // Learning rates tried for every model and variant, each reporting the rate whose runs have the best
+  // mean validation AUC over the seeds, so that no variant is judged at a rate that suits another.
+  // Empty: the train section's rate alone.
+  std::vector<double> learning_rates;
 
   // Every option above, declared once: JSON key (the configuration's "compare" section), meaning, range.
   static const OptionTable<CompareConfig>& table();

@@ -116,19 +116,21 @@ struct Codec<std::vector<std::string>> {
   }
 };
 
-template <>
-struct Codec<std::vector<std::int64_t>> {
-  static std::string kind() { return "list of integers"; }
-  static void read(const nlohmann::json& j, std::vector<std::int64_t>& v) {
-    USERIP_CHECK(j.is_array(), "must be a list of integers, got {}", j.dump());
-    std::vector<std::int64_t> out;
+template <typename T>
+struct ListCodec {
+  static std::string kind() { return Codec<T>::kind() == "integer" ? "list of integers" : "list of numbers"; }
+  static void read(const nlohmann::json& j, std::vector<T>& v) {
+    USERIP_CHECK(j.is_array(), "must be a {}, got {}", kind(), j.dump());
+    std::vector<T> out;
     for (const auto& e : j) {
       out.emplace_back();
-      Codec<std::int64_t>::read(e, out.back());
+      Codec<T>::read(e, out.back());
     }
     v = std::move(out);
   }
 };
+template <> struct Codec<std::vector<std::int64_t>> : ListCodec<std::int64_t> {};
+template <> struct Codec<std::vector<double>> : ListCodec<double> {};
 
 template <>
 struct Codec<std::map<std::string, std::int64_t>> {
