@@ -17,6 +17,8 @@ namespace userip::cli {
 
 namespace {
 
+constexpr const char* kTokenEnv = "USERIP_ADMIN_TOKEN";
+
 struct ServeCommand {
   serve::StateSource source;
   serve::ServerOptions server;
@@ -24,20 +26,43 @@ struct ServeCommand {
   std::filesystem::path lm;
   std::filesystem::path profile;
   int fold_in_rounds = 0;
-};
 
-constexpr const char* kTokenEnv = "USERIP_ADMIN_TOKEN";
-
-std::string admin_token(const ServeCommand& c) {
-  if (!c.admin_token_file.empty()) {
-    std::string token = read_file(c.admin_token_file);
-    while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
-    USERIP_CHECK(!token.empty(), "{}: the admin token file is empty", c.admin_token_file.string());
-    return token;
+  std::string read_admin_token() const {
+    if (!admin_token_file.empty()) {
+      std::string token = read_file(admin_token_file);
+      while (!token.empty() && (token.back() == '\n' || token.back() == '\r' || token.back() == ' ')) token.pop_back();
+      USERIP_CHECK(!token.empty(), "{}: the admin token file is empty", admin_token_file.string());
+      return token;
+    }
+    const char* env = std::getenv(kTokenEnv);
+    return env ? std::string(env) : std::string();
   }
-  const char* env = std::getenv(kTokenEnv);
-  return env ? std::string(env) : std::string();
-}
+
+  void run() {
+    USERIP_CHECK(lm.empty() == profile.empty(), "--lm and --profile go together (the fold-in endpoint needs both)");
+    USERIP_CHECK(fold_in_rounds >= 0, "--fold-in-rounds {} must be >= 0", fold_in_rounds);
+    server.admin_token = read_admin_token();
+    server.validate();
+    // Each request runs single-threaded; concurrency comes from the workers, so ATen and OpenBLAS
+    // pools would only oversubscribe the cores.
+    configure_threads(1);
+    std::unique_ptr<serve::FoldIn> fold_in;
+    if (!lm.empty()) {
+      profile::SessionOptions options;
+      options.model = lm;
+      fold_in = std::make_unique<serve::FoldIn>(profile, options, fold_in_rounds);
+    }
+    serve::Server http(source, server, std::move(fold_in));
+    const int port = http.bind();
+    spdlog::info("serving {} ({})", source.model.string(), http.state()->describe().dump());
+    spdlog::info("admin endpoints {}; fold-in endpoint {}", server.admin_token.empty() ? "off" : "on",
+                 lm.empty() ? "off" : "on");
+    // The line scripts wait for (stdout, flushed): the port, also when --port 0 chose it.
+    std::cout << fmt::format("listening on http://{}:{}", server.host, port) << std::endl;
+    serve::serve_until_terminated(http);
+    std::cout << "stopped" << std::endl;
+  }
+};
 
 }  // namespace
 
@@ -78,30 +103,7 @@ void add_serve_commands(CLI::App& app, GlobalOptions& /*global*/) {
                   "E-step rounds of a fold-in (0 = as many as the fit had; unused when the fit has codebooks of "
                   "one level, whose fold-in assigns codes by likelihood)")
       ->capture_default_str();
-  on_run(cmd, [c] {
-    USERIP_CHECK(c->lm.empty() == c->profile.empty(), "--lm and --profile go together (the fold-in endpoint needs both)");
-    USERIP_CHECK(c->fold_in_rounds >= 0, "--fold-in-rounds {} must be >= 0", c->fold_in_rounds);
-    c->server.admin_token = admin_token(*c);
-    c->server.validate();
-    // Each request runs single-threaded; concurrency comes from the workers, so ATen and OpenBLAS
-    // pools would only oversubscribe the cores.
-    configure_threads(1);
-    std::unique_ptr<serve::FoldIn> fold_in;
-    if (!c->lm.empty()) {
-      profile::SessionOptions options;
-      options.model = c->lm;
-      fold_in = std::make_unique<serve::FoldIn>(c->profile, options, c->fold_in_rounds);
-    }
-    serve::Server server(c->source, c->server, std::move(fold_in));
-    const int port = server.bind();
-    spdlog::info("serving {} ({})", c->source.model.string(), server.state()->describe().dump());
-    spdlog::info("admin endpoints {}; fold-in endpoint {}", c->server.admin_token.empty() ? "off" : "on",
-                 c->lm.empty() ? "off" : "on");
-    // The line scripts wait for (stdout, flushed): the port, also when --port 0 chose it.
-    std::cout << fmt::format("listening on http://{}:{}", c->server.host, port) << std::endl;
-    serve::serve_until_terminated(server);
-    std::cout << "stopped" << std::endl;
-  });
+  on_run(cmd, [c] { c->run(); });
 }
 
 }  // namespace userip::cli
