@@ -277,7 +277,9 @@ TEST(CtrExperiment, EachVariantReportsTheLearningRateBestOnValidation) {
     const double best = valid_sum[0.01] > valid_sum[1e-7] ? 0.01 : 1e-7;
     EXPECT_EQ(result["learning_rates"]["base"][variant].get<double>(), best) << variant;
     for (const auto& run : result["runs"]) {
-      if (run["variant"] == variant) EXPECT_EQ(run["selected"].get<bool>(), run["learning_rate"].get<double>() == best);
+      if (run["variant"] == variant) {
+        EXPECT_EQ(run["selected"].get<bool>(), run["learning_rate"].get<double>() == best);
+      }
     }
     // The summary's mean over seeds is the chosen rate's.
     double test_sum = 0;
