@@ -56,6 +56,25 @@ std::map<std::string, data::FieldKind> parse_field_kinds(const std::vector<std::
   return kinds;
 }
 
+struct ImportCommand {
+  data::ImportOptions options;
+  data::SplitConfig split;
+  std::string items;
+  std::vector<std::string> kinds;
+  std::string separator = "|";
+  bool no_split = false;
+
+  void run() {
+    split.validate();
+    if (!items.empty()) options.items = items;
+    USERIP_CHECK(separator.size() == 1, "--list-separator must be one character, got '{}'", separator);
+    options.list_separator = separator[0];
+    options.field_kinds = parse_field_kinds(kinds);
+    print_report(data::import_dataset(options), options.out);
+    if (!no_split) split_and_store(options.out, split);
+  }
+};
+
 }  // namespace
 
 void add_data_commands(CLI::App& app, GlobalOptions& global) {
@@ -80,49 +99,37 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
 
   {  // data import
     auto* cmd = data->add_subcommand("import", "Import interactions (and an item table) from CSV or JSON lines");
-    auto o = std::make_shared<data::ImportOptions>();
-    auto split = std::make_shared<data::SplitConfig>();
-    auto items = std::make_shared<std::string>();
-    auto kinds = std::make_shared<std::vector<std::string>>();
-    auto separator = std::make_shared<std::string>("|");
-    cmd->add_option("--interactions", o->interactions, "Interactions file (.csv, .tsv, .jsonl)")
+    auto c = std::make_shared<ImportCommand>();
+    auto& o = c->options;
+    cmd->add_option("--interactions", o.interactions, "Interactions file (.csv, .tsv, .jsonl)")
         ->required()
         ->check(CLI::ExistingFile);
-    cmd->add_option("--items", *items, "Item table (.csv, .tsv, .jsonl); interactions must name its items")
+    cmd->add_option("--items", c->items, "Item table (.csv, .tsv, .jsonl); interactions must name its items")
         ->check(CLI::ExistingFile);
-    cmd->add_option("--out", o->out, "Dataset directory to create (replaced if it exists)")->required();
-    cmd->add_option("--user-column", o->user_column, "User id column")->capture_default_str();
-    cmd->add_option("--item-column", o->item_column, "Item id column of the interactions")->capture_default_str();
-    cmd->add_option("--rating-column", o->rating_column, "Rating column (preferred when present)")
+    cmd->add_option("--out", o.out, "Dataset directory to create (replaced if it exists)")->required();
+    cmd->add_option("--user-column", o.user_column, "User id column")->capture_default_str();
+    cmd->add_option("--item-column", o.item_column, "Item id column of the interactions")->capture_default_str();
+    cmd->add_option("--rating-column", o.rating_column, "Rating column (preferred when present)")
         ->capture_default_str();
-    cmd->add_option("--click-column", o->click_column, "Click column (0/1), used when there is no rating column")
+    cmd->add_option("--click-column", o.click_column, "Click column (0/1), used when there is no rating column")
         ->capture_default_str();
-    cmd->add_option("--timestamp-column", o->timestamp_column,
+    cmd->add_option("--timestamp-column", o.timestamp_column,
                     "Time column: epoch seconds or ISO 8601 (row order if absent)")
         ->capture_default_str();
-    cmd->add_option("--item-id-column", o->item_id_column, "Item id column of the item table")->capture_default_str();
-    cmd->add_option("--item-fields-from-interactions", o->item_fields_from_interactions,
+    cmd->add_option("--item-id-column", o.item_id_column, "Item id column of the item table")->capture_default_str();
+    cmd->add_option("--item-fields-from-interactions", o.item_fields_from_interactions,
                     "Item fields repeated on every interaction row (denormalised logs)")
         ->delimiter(',');
-    cmd->add_option("--list-fields", o->list_fields, "Fields holding category lists separated by --list-separator (others are read as lists when "
+    cmd->add_option("--list-fields", o.list_fields, "Fields holding category lists separated by --list-separator (others are read as lists when "
                     "at least 5% of their values hold the separator and some part recurs)")
         ->delimiter(',');
-    cmd->add_option("--list-separator", *separator, "Separator inside list fields")->capture_default_str();
-    cmd->add_option("--field-kind", *kinds, "Force a field's kind: NAME=text|category|category_list|number");
-    cmd->add_flag("--skip-bad-rows", o->skip_bad_rows,
+    cmd->add_option("--list-separator", c->separator, "Separator inside list fields")->capture_default_str();
+    cmd->add_option("--field-kind", c->kinds, "Force a field's kind: NAME=text|category|category_list|number");
+    cmd->add_flag("--skip-bad-rows", o.skip_bad_rows,
                   "Skip malformed rows and report their count and first examples instead of stopping");
-    auto no_split = std::make_shared<bool>(false);
-    cmd->add_flag("--no-split", *no_split, "Import only; cut the split later with `userip data split`");
-    add_split_options(cmd, *split);
-    on_run(cmd, [o, split, items, kinds, separator, no_split] {
-      split->validate();
-      if (!items->empty()) o->items = *items;
-      USERIP_CHECK(separator->size() == 1, "--list-separator must be one character, got '{}'", *separator);
-      o->list_separator = (*separator)[0];
-      o->field_kinds = parse_field_kinds(*kinds);
-      print_report(data::import_dataset(*o), o->out);
-      if (!*no_split) split_and_store(o->out, *split);
-    });
+    cmd->add_flag("--no-split", c->no_split, "Import only; cut the split later with `userip data split`");
+    add_split_options(cmd, c->split);
+    on_run(cmd, [c] { c->run(); });
   }
 
   {  // data synth
