@@ -1,6 +1,7 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -18,6 +19,9 @@ class TempDir {
     const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
     std::string name = std::string("userip-") + (info ? info->test_suite_name() : "t") + "-" +
                        (info ? info->name() : "x") + "-" + std::to_string(::getpid());
+    // Parameterised tests are named Prefix/Suite.Name/N: a '/' would nest the folder, and removing
+    // the leaf would leave its parents behind.
+    std::replace(name.begin(), name.end(), '/', '_');
     path_ = std::filesystem::temp_directory_path() / name;
     std::filesystem::remove_all(path_);
     std::filesystem::create_directories(path_);
