@@ -144,17 +144,6 @@ std::string run_key(const std::string& experiment, Variant variant, std::uint64_
   return fmt::format("{}/{}/{}", experiment, to_string(variant), seed);
 }
 
-// The validation AUC at which a run stopped (runs written before it was recorded: the best epoch's).
-double best_valid_auc(const json& run) {
-  if (run.contains("best_valid_auc") && run["best_valid_auc"].is_number()) return run["best_valid_auc"].get<double>();
-  double best = -1;
-  for (const auto& epoch : run.value("epochs", json::array())) {
-    const json& auc = epoch["valid"]["auc"];
-    if (auc.is_number()) best = std::max(best, auc.get<double>());
-  }
-  return best;
-}
-
 std::string utc_now() {
   std::time_t now = std::time(nullptr);
   char text[32];
@@ -347,7 +336,9 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
       // no part, so the comparison with base stays a held-out one.
       std::map<double, std::vector<double>> valid_by_rate;
       for (std::size_t r = first_run; r < runs.size(); ++r) {
-        valid_by_rate[runs[r].value("learning_rate", rates.front())].push_back(best_valid_auc(runs[r]));
+        // Runs from before rates were recorded are reused only with one rate, which needs no comparison.
+        const json& auc = runs[r].value("best_valid_auc", json());
+        valid_by_rate[runs[r].value("learning_rate", rates.front())].push_back(auc.is_number() ? auc.get<double>() : -1);
       }
       double chosen = rates.front(), best_mean = -1;
       for (double rate : rates) {
