@@ -61,8 +61,11 @@ void install_crash_handler() {
   sigaltstack(&stack, nullptr);
   for (int signal : kFatalSignals) sigaction(signal, &action, nullptr);
 }
+
+bool crash_handler_available() { return true; }
 #else
 void install_crash_handler() {}
+bool crash_handler_available() { return false; }
 #endif
 
 }  // namespace userip

@@ -7,4 +7,8 @@ namespace userip {
 
 void install_crash_handler();
 
+// False where the library was built to keep AddressSanitizer's handler, which reports more; then
+// install_crash_handler() leaves the signals to it.
+bool crash_handler_available();
+
 }  // namespace userip
