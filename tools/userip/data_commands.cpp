@@ -56,7 +56,7 @@ std::map<std::string, data::FieldKind> parse_field_kinds(const std::vector<std::
   return kinds;
 }
 
-struct ImportCommand {
+struct DataImportCommand {
   data::ImportOptions options;
   data::SplitConfig split;
   std::string items;
@@ -75,6 +75,60 @@ struct ImportCommand {
   }
 };
 
+struct DataMovieLensCommand {
+  data::MovieLensOptions options;
+  data::SplitConfig split;
+
+  void run() const {
+    split.validate();
+    print_report(data::import_movielens(options), options.out);
+    split_and_store(options.out, split);
+  }
+};
+
+struct DataSynthCommand {
+  data::SynthOptions options;
+  data::SplitConfig split;
+  std::filesystem::path out;
+
+  void run() const {
+    split.validate();
+    const data::SynthWorld world = data::generate_synthetic(options);
+    data::save_synthetic(world, out);
+    std::cout << fmt::format("synthesised {} users, {} items, {} interactions -> {} (ground truth in "
+                             "ground_truth.csv)\n",
+                             world.dataset.num_users(), world.dataset.num_items(), world.dataset.num_interactions(),
+                             out.string());
+    split_and_store(out, split);
+  }
+};
+
+struct DataSplitCommand {
+  std::filesystem::path dataset;
+  data::SplitConfig split;
+
+  void run() const { split_and_store(dataset, split); }
+};
+
+struct DataStatsCommand {
+  std::filesystem::path dataset;
+  bool json = false;
+
+  void run() const {
+    const auto stats = data::dataset_stats(data::Dataset::load(dataset));
+    std::cout << (json ? stats.dump(2) + "\n" : data::format_stats(stats));
+  }
+};
+
+struct DataExportCommand {
+  std::filesystem::path dataset, out;
+
+  void run() const {
+    data::export_csv(data::Dataset::load(dataset), out);
+    std::cout << fmt::format("wrote {} and {}\n", (out / "interactions.csv").string(), (out / "items.csv").string());
+  }
+};
+
 }  // namespace
 
 void add_data_commands(CLI::App& app, GlobalOptions& global) {
@@ -84,22 +138,17 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
   {  // data movielens
     auto* cmd = data->add_subcommand(
         "movielens", "Export MovieLens ml-latest-small from Debian's r-cran-dslabs and import it (with a split)");
-    auto options = std::make_shared<data::MovieLensOptions>();
-    auto split = std::make_shared<data::SplitConfig>();
-    cmd->add_option("--out", options->out, "Dataset directory to create (replaced if it exists)")->required();
-    cmd->add_option("--dslabs-dir", options->dslabs_data_dir, "R data directory of the dslabs package")
+    auto c = std::make_shared<DataMovieLensCommand>();
+    cmd->add_option("--out", c->options.out, "Dataset directory to create (replaced if it exists)")->required();
+    cmd->add_option("--dslabs-dir", c->options.dslabs_data_dir, "R data directory of the dslabs package")
         ->capture_default_str();
-    add_split_options(cmd, *split);
-    on_run(cmd, [options, split] {
-      split->validate();
-      print_report(data::import_movielens(*options), options->out);
-      split_and_store(options->out, *split);
-    });
+    add_split_options(cmd, c->split);
+    on_run(cmd, [c] { c->run(); });
   }
 
   {  // data import
     auto* cmd = data->add_subcommand("import", "Import interactions (and an item table) from CSV or JSON lines");
-    auto c = std::make_shared<ImportCommand>();
+    auto c = std::make_shared<DataImportCommand>();
     auto& o = c->options;
     cmd->add_option("--interactions", o.interactions, "Interactions file (.csv, .tsv, .jsonl)")
         ->required()
@@ -134,10 +183,9 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
 
   {  // data synth
     auto* cmd = data->add_subcommand("synth", "Generate a synthetic world with known latent user profiles");
-    auto o = std::make_shared<data::SynthOptions>();
-    auto split = std::make_shared<data::SplitConfig>();
-    auto out = std::make_shared<std::filesystem::path>();
-    cmd->add_option("--out", *out, "Dataset directory to create (replaced if it exists)")->required();
+    auto c = std::make_shared<DataSynthCommand>();
+    auto* o = &c->options;
+    cmd->add_option("--out", c->out, "Dataset directory to create (replaced if it exists)")->required();
     cmd->add_option("--users", o->users, "Number of users")->capture_default_str();
     cmd->add_option("--items", o->items, "Number of items")->capture_default_str();
     cmd->add_option("--taste-classes", o->taste_classes, "Latent taste classes K")->capture_default_str();
@@ -149,51 +197,32 @@ void add_data_commands(CLI::App& app, GlobalOptions& global) {
     cmd->add_option("--noise", o->noise, "0 = behaviour fully driven by the profile, 1 = profile-free")
         ->capture_default_str();
     cmd->add_option("--synth-seed", o->seed, "Seed of the generator")->capture_default_str();
-    add_split_options(cmd, *split);
-    on_run(cmd, [o, split, out] {
-      split->validate();
-      data::SynthWorld world = data::generate_synthetic(*o);
-      data::save_synthetic(world, *out);
-      std::cout << fmt::format("synthesised {} users, {} items, {} interactions -> {} (ground truth in "
-                               "ground_truth.csv)\n",
-                               world.dataset.num_users(), world.dataset.num_items(),
-                               world.dataset.num_interactions(), out->string());
-      split_and_store(*out, *split);
-    });
+    add_split_options(cmd, c->split);
+    on_run(cmd, [c] { c->run(); });
   }
 
   {  // data split
     auto* cmd = data->add_subcommand("split", "(Re)cut the train/validation/test/cold split of a dataset");
-    auto dir = std::make_shared<std::filesystem::path>();
-    auto split = std::make_shared<data::SplitConfig>();
-    cmd->add_option("--dataset", *dir, "Dataset directory")->required();
-    add_split_options(cmd, *split);
-    on_run(cmd, [dir, split] { split_and_store(*dir, *split); });
+    auto c = std::make_shared<DataSplitCommand>();
+    cmd->add_option("--dataset", c->dataset, "Dataset directory")->required();
+    add_split_options(cmd, c->split);
+    on_run(cmd, [c] { c->run(); });
   }
 
   {  // data stats
     auto* cmd = data->add_subcommand("stats", "Counts, sparsity, activity quantiles, ratings and click rates");
-    auto dir = std::make_shared<std::filesystem::path>();
-    auto json = std::make_shared<bool>(false);
-    cmd->add_option("--dataset", *dir, "Dataset directory")->required();
-    cmd->add_flag("--json", *json, "Print JSON instead of a table");
-    on_run(cmd, [dir, json] {
-      auto stats = data::dataset_stats(data::Dataset::load(*dir));
-      std::cout << (*json ? stats.dump(2) + "\n" : data::format_stats(stats));
-    });
+    auto c = std::make_shared<DataStatsCommand>();
+    cmd->add_option("--dataset", c->dataset, "Dataset directory")->required();
+    cmd->add_flag("--json", c->json, "Print JSON instead of a table");
+    on_run(cmd, [c] { c->run(); });
   }
 
   {  // data export
     auto* cmd = data->add_subcommand("export", "Write a dataset as CSV with the original ids");
-    auto dir = std::make_shared<std::filesystem::path>();
-    auto out = std::make_shared<std::filesystem::path>();
-    cmd->add_option("--dataset", *dir, "Dataset directory")->required();
-    cmd->add_option("--out", *out, "Directory for interactions.csv and items.csv")->required();
-    on_run(cmd, [dir, out] {
-      data::export_csv(data::Dataset::load(*dir), *out);
-      std::cout << fmt::format("wrote {} and {}\n", (*out / "interactions.csv").string(),
-                               (*out / "items.csv").string());
-    });
+    auto c = std::make_shared<DataExportCommand>();
+    cmd->add_option("--dataset", c->dataset, "Dataset directory")->required();
+    cmd->add_option("--out", c->out, "Directory for interactions.csv and items.csv")->required();
+    on_run(cmd, [c] { c->run(); });
   }
 }
 

@@ -5,6 +5,22 @@
 
 namespace userip::cli {
 
+namespace {
+
+struct LaunchCommand {
+  dist::LaunchOptions launch;
+  bool tcp = false;
+  CLI::Option* master_addr = nullptr;
+  CLI::Option* master_port = nullptr;
+
+  void run() {
+    launch.file_store = !tcp && launch.nnodes == 1 && master_addr->count() == 0 && master_port->count() == 0;
+    dist::launch(launch);
+  }
+};
+
+}  // namespace
+
 void add_dist_commands(CLI::App& app, GlobalOptions& /*global*/) {
   auto* cmd = app.add_subcommand(
       "launch",
@@ -12,18 +28,18 @@ void add_dist_commands(CLI::App& app, GlobalOptions& /*global*/) {
       "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT). `profile fit` and `profile infer` share their batches "
       "out across the ranks and `ctr train` trains data-parallel (docs/DISTRIBUTED.md). When a rank fails the others are stopped and the exit status "
       "is non-zero. Example: userip launch --nproc-per-node 2 -- userip profile fit --dataset D --model M --out F");
-  auto o = std::make_shared<dist::LaunchOptions>();
+  auto c = std::make_shared<LaunchCommand>();
+  auto* o = &c->launch;
   cmd->add_option("--nproc-per-node", o->nproc_per_node, "Ranks to start on this host")->capture_default_str();
   cmd->add_option("--nnodes", o->nnodes, "Hosts taking part (each runs its own launcher)")->capture_default_str();
   cmd->add_option("--node-rank", o->node_rank, "This host's place among them, from 0")->capture_default_str();
-  auto* addr = cmd->add_option("--master-addr", o->master_addr,
+  c->master_addr = cmd->add_option("--master-addr", o->master_addr,
                                "Address of node 0, whose first rank serves the TCP rendezvous (it listens on "
                                "every interface: keep the port closed to untrusted networks)")
                    ->capture_default_str();
-  auto* port = cmd->add_option("--master-port", o->master_port, "TCP port of the rendezvous on node 0")
+  c->master_port = cmd->add_option("--master-port", o->master_port, "TCP port of the rendezvous on node 0")
                    ->capture_default_str();
-  auto tcp = std::make_shared<bool>(false);
-  cmd->add_flag("--tcp", *tcp,
+  cmd->add_flag("--tcp", c->tcp,
                 "Rendezvous over TCP even on one host (default on one host: a file in a temporary directory; "
                 "implied by --nnodes > 1, --master-addr or --master-port)");
   cmd->add_option("--timeout", o->timeout_seconds,
@@ -35,10 +51,7 @@ void add_dist_commands(CLI::App& app, GlobalOptions& /*global*/) {
       ->capture_default_str();
   cmd->add_option("command", o->command, "The program and its arguments, after --; `userip` means this executable")
       ->required();
-  on_run(cmd, [o, tcp, addr, port] {
-    o->file_store = !*tcp && o->nnodes == 1 && addr->count() == 0 && port->count() == 0;
-    dist::launch(*o);
-  });
+  on_run(cmd, [c] { c->run(); });
 }
 
 }  // namespace userip::cli
