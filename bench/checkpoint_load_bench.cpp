@@ -22,11 +22,11 @@
 #include <string>
 #include <vector>
 
-#include "userip/lm/gguf.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/gguf.h"
+#include "userip/tensor/tensor_file.h"
 
 namespace fs = std::filesystem;
-using namespace userip::lm;
+using namespace userip::tensor;
 
 namespace {
 

@@ -18,7 +18,7 @@
 #include "userip/ctr/optimizer.h"
 #include "userip/util/allocator.h"
 #include "userip/util/log.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace {
 

@@ -17,7 +17,7 @@
 #include "userip/util/allocator.h"
 #include "userip/util/log.h"
 #include "userip/util/random.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace {
 

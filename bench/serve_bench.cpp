@@ -23,7 +23,7 @@
 #include "userip/serve/requests.h"
 #include "userip/serve/service.h"
 #include "userip/util/log.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace {
 

@@ -46,18 +46,18 @@ function(userip_module name)
 endfunction()
 
 # userip_torch_pch(TARGET [OWNER]): TARGET compiles with cmake/torch_pch.h precompiled. The header is
-# built once, by OWNER (default userip_lm, the first module on libtorch), and every other target
+# built once, by OWNER (default userip_tensor, the first module on libtorch), and every other target
 # reuses that file, which is why no target sets POSITION_INDEPENDENT_CODE: GCC refuses a header
 # precompiled with -fPIC in an -fPIE unit and the other way round, and falls back to parsing it
 # (correct, only slow). For the same reason a target compiled with other sanitizer flags needs an
 # owner compiled with its flags (the sanitizer build's test programs: tests/CMakeLists.txt).
 option(USERIP_PRECOMPILED_HEADERS "Precompile libtorch's headers once per build" ON)
 function(userip_torch_pch target)
-  set(owner userip_lm)
+  set(owner userip_tensor)
   if(ARGC GREATER 1)
     set(owner "${ARGV1}")
   endif()
-  if(NOT USERIP_PRECOMPILED_HEADERS OR NOT TARGET userip_lm)
+  if(NOT USERIP_PRECOMPILED_HEADERS OR NOT TARGET userip_tensor)
     return()
   endif()
   if(target STREQUAL owner)

@@ -4,12 +4,12 @@
 #include <cstdint>
 #include <string>
 
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    auto file = userip::lm::GgufFile::from_bytes(std::string(reinterpret_cast<const char*>(data), size), "fuzz.gguf");
+    auto file = userip::tensor::GgufFile::from_bytes(std::string(reinterpret_cast<const char*>(data), size), "fuzz.gguf");
     (void)file->architecture();
     for (const auto& key : file->keys()) {
       const auto& value = file->value(key);
@@ -33,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     }
     for (const auto& info : file->tensors()) {
-      if (info.type == userip::lm::StoredType::other) continue;
+      if (info.type == userip::tensor::StoredType::other) continue;
       file->load(info.name, torch::kFloat32);
     }
   } catch (const userip::Error&) {

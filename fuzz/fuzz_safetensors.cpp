@@ -5,17 +5,17 @@
 #include <cstdint>
 #include <string>
 
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    auto source = userip::lm::SafetensorsSource::from_bytes(std::string(reinterpret_cast<const char*>(data), size),
+    auto source = userip::tensor::SafetensorsSource::from_bytes(std::string(reinterpret_cast<const char*>(data), size),
                                                             "fuzz.safetensors");
     (void)source->metadata();
     for (const auto& info : source->tensors()) {
       (void)info.torch_shape();
-      if (info.type == userip::lm::StoredType::other) continue;
+      if (info.type == userip::tensor::StoredType::other) continue;
       source->load(info.name, torch::kFloat32);
       source->load(info.name, torch::kBFloat16);
     }

@@ -6,11 +6,11 @@
 #include <filesystem>
 #include <string>
 
-#include "userip/lm/gguf.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/gguf.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/fs.h"
 
-using namespace userip::lm;
+using namespace userip::tensor;
 namespace fs = std::filesystem;
 
 namespace {

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <optional>
 
-#include "userip/profile/clustering.h"
+#include "userip/quantize/clustering.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
 
@@ -20,7 +20,7 @@ UserCodeTable cluster_users(const data::Dataset& dataset, const torch::Tensor& w
                             std::uint64_t seed, const std::string& name) {
   USERIP_CHECK(codes >= 1, "{}: the number of codes must be at least 1, got {}", name, codes);
   USERIP_CHECK(warm.size(0) >= codes, "{}: {} warm users are fewer than the {} codes asked for", name, warm.size(0), codes);
-  const profile::KMeansResult result = profile::kmeans(warm, codes, seed);
+  const quantize::KMeansResult result = quantize::kmeans(warm, codes, seed);
   UserCodeTable table;
   table.source = name;
   table.fields = {{name, static_cast<std::int32_t>(codes)}};
@@ -79,9 +79,9 @@ UserCodeTable histogram_control_codes(const data::Dataset& dataset, const std::s
   const data::SplitView cold = dataset.view({data::SplitPart::cold_history});
   const auto warm_users = train.users();
   const auto cold_users = cold.users();
-  const auto warm_hist = profile::category_histograms(train, warm_users, chosen);
+  const auto warm_hist = quantize::category_histograms(train, warm_users, chosen);
   // Cold users' histograms live in the warm users' columns: the centroids' space.
-  const auto cold_hist = profile::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
+  const auto cold_hist = quantize::category_histograms_with_columns(cold, cold_users, chosen, warm_hist.columns);
   return cluster_users(dataset, warm_hist.matrix, warm_users, cold_hist.matrix, cold_users, codes, seed,
                        "control-genres");
 }
@@ -96,10 +96,10 @@ UserCodeTable history_control_codes(const data::Dataset& dataset, const std::str
   const auto cold_users = cold.users();
   USERIP_CHECK(!warm_users.empty(), "control-history: the training split has no users");
   const bool ratings = dataset.label_kind == data::LabelKind::rating;
-  profile::UserHistograms warm_hist, cold_hist;
+  quantize::UserHistograms warm_hist, cold_hist;
   if (chosen) {
-    warm_hist = profile::category_histograms(train, warm_users, *chosen);
-    cold_hist = profile::category_histograms_with_columns(cold, cold_users, *chosen, warm_hist.columns);
+    warm_hist = quantize::category_histograms(train, warm_users, *chosen);
+    cold_hist = quantize::category_histograms_with_columns(cold, cold_users, *chosen, warm_hist.columns);
   } else {
     warm_hist.matrix = torch::zeros({static_cast<std::int64_t>(warm_users.size()), 0});
     cold_hist.matrix = torch::zeros({static_cast<std::int64_t>(cold_users.size()), 0});

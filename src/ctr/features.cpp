@@ -1,3 +1,5 @@
+// Long (about 650 lines): the feature configuration, the users' code and vector tables and the
+// encoder are one contract (features.h) with one JSON form, saved beside every trained model.
 #include "userip/ctr/features.h"
 
 #include <torch/types.h>
@@ -8,7 +10,7 @@
 #include <map>
 #include <set>
 
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -153,7 +155,7 @@ UserVectorTable UserVectorTable::from_profile_dirs(const std::vector<std::filesy
     const auto users_file = dir / "users.txt";
     USERIP_CHECK(std::filesystem::exists(weights) && std::filesystem::exists(users_file),
                  "{}: not a profile output (needs profiles.safetensors and users.txt)", dir.string());
-    auto source = lm::open_safetensors(weights);
+    auto source = tensor::open_safetensors(weights);
     USERIP_CHECK(source->has("profiles"), "{}: no tensor 'profiles'", weights.string());
     torch::Tensor vectors = source->load("profiles", torch::kFloat32);
     USERIP_CHECK(vectors.dim() == 3, "{}: tensor 'profiles' should be [users, tokens, dim], has {} dimensions",

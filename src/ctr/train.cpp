@@ -11,13 +11,13 @@
 #include <unordered_set>
 
 #include "userip/ctr/metrics.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::ctr {
 
@@ -396,7 +396,7 @@ void save_model(const std::filesystem::path& dir, CtrModel& model, const ModelCo
   // Features and weights first, the record last: a directory whose ctr_model.json exists is whole,
   // and the record's fingerprint ties it to exactly these features.
   write_file_atomic(dir / kFeaturesFile, features);
-  lm::write_safetensors(dir / kWeightsFile, named_state(model));
+  tensor::write_safetensors(dir / kWeightsFile, named_state(model));
   json record = {{"format", "userip-ctr-model"},
                  {"version", 1},
                  {"model", model_config.to_json()},
@@ -438,13 +438,13 @@ SavedModel load_model(const std::filesystem::path& dir, torch::Device device) {
 
   const auto weights_path = dir / kWeightsFile;
   USERIP_CHECK(std::filesystem::exists(weights_path), "{}: missing", weights_path.string());
-  auto source = lm::open_safetensors(weights_path);
+  auto source = tensor::open_safetensors(weights_path);
   std::unordered_set<std::string> expected;
   {
     torch::NoGradGuard no_grad;
     auto assign = [&](const std::string& name, torch::Tensor& target) {
       expected.insert(name);
-      const lm::TensorInfo* info = source->find(name);
+      const tensor::TensorInfo* info = source->find(name);
       USERIP_CHECK(info != nullptr, "{}: tensor '{}' is missing", weights_path.string(), name);
       USERIP_CHECK(info->torch_shape() == target.sizes().vec(), "{}: tensor '{}' has shape [{}] but the model needs [{}]",
                    weights_path.string(), name, fmt::join(info->torch_shape(), ", "), fmt::join(target.sizes(), ", "));

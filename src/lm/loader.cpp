@@ -1,3 +1,5 @@
+// Long (about 650 lines): loading and exporting are the two directions of the same name and layout
+// mapping (Hugging Face <-> GGUF, Llama <-> GPT-2 tensors), kept side by side so they stay inverse.
 #include "userip/lm/loader.h"
 
 #include <ATen/ATen.h>
@@ -11,9 +13,9 @@
 #include <set>
 
 #include "lm/model_internal.h"
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/lm/precision.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 
 namespace userip::lm {
@@ -27,13 +29,13 @@ namespace {
 // and remembers which were used so leftovers can be reported.
 class WeightReader {
  public:
-  WeightReader(const TensorSource& source, torch::ScalarType dtype, torch::Device device)
+  WeightReader(const tensor::TensorSource& source, torch::ScalarType dtype, torch::Device device)
       : source_(source), dtype_(dtype), device_(device) {}
 
   bool has(const std::string& name) const { return source_.has(name); }
 
   at::Tensor get(const std::string& name, const std::vector<int64_t>& shape) {
-    const TensorInfo* info = source_.find(name);
+    const tensor::TensorInfo* info = source_.find(name);
     if (!info) fail("{}: missing tensor {}", source_.description(), name);
     if (info->torch_shape() != shape)
       fail("{}: tensor {} has shape {}, expected {}", source_.description(), name, shape_string(info->torch_shape()),
@@ -62,7 +64,7 @@ class WeightReader {
   }
 
  private:
-  const TensorSource& source_;
+  const tensor::TensorSource& source_;
   torch::ScalarType dtype_;
   torch::Device device_;
   std::set<std::string> used_;
@@ -178,7 +180,7 @@ ModelWeights read_hf_gpt2(const ModelConfig& c, WeightReader& r) {
 
 CausalLM load_hf(const fs::path& dir, torch::ScalarType dtype, torch::Device device) {
   ModelConfig config = load_config(dir / "config.json");
-  auto source = open_safetensors(dir);
+  auto source = tensor::open_safetensors(dir);
   WeightReader reader(*source, dtype, device);
   ModelWeights weights =
       config.architecture == Architecture::gpt2 ? read_hf_gpt2(config, reader) : read_hf_llama(config, reader);
@@ -188,7 +190,7 @@ CausalLM load_hf(const fs::path& dir, torch::ScalarType dtype, torch::Device dev
 // ------------------------------------------------------------------------------------------
 // GGUF
 
-ModelWeights read_gguf_llama(const ModelConfig& c, const GgufFile& file, WeightReader& r) {
+ModelWeights read_gguf_llama(const ModelConfig& c, const tensor::GgufFile& file, WeightReader& r) {
   const int64_t d = c.hidden_size, f = c.intermediate_size, qd = c.q_dim(), kvd = c.kv_dim();
   const bool permuted = file.architecture() == "llama";
   auto q_rows = [&](at::Tensor t) { return permuted ? reorder_rows(t, c.num_heads, false) : t; };
@@ -250,7 +252,7 @@ ModelWeights read_gguf_gpt2(const ModelConfig& c, WeightReader& r) {
 }
 
 CausalLM load_gguf(const fs::path& path, torch::ScalarType dtype, torch::Device device) {
-  auto file = open_gguf(path);
+  auto file = tensor::open_gguf(path);
   ModelConfig config = config_from_gguf(*file);
   WeightReader reader(*file, dtype, device);
   ModelWeights weights = config.architecture == Architecture::gpt2 ? read_gguf_gpt2(config, reader)
@@ -260,7 +262,7 @@ CausalLM load_gguf(const fs::path& path, torch::ScalarType dtype, torch::Device 
 
 }  // namespace
 
-ModelConfig config_from_gguf(const GgufFile& file) {
+ModelConfig config_from_gguf(const tensor::GgufFile& file) {
   const std::string source = file.description();
   const std::string arch = file.architecture();
   if (arch.empty()) fail("{}: no general.architecture", source);
@@ -279,7 +281,7 @@ ModelConfig config_from_gguf(const GgufFile& file) {
   c.max_position_embeddings = file.get_i64(key("context_length"));
   if (file.has_key(key("vocab_size"))) {
     c.vocab_size = file.get_i64(key("vocab_size"));
-  } else if (const TensorInfo* embedding = file.find("token_embd.weight")) {
+  } else if (const tensor::TensorInfo* embedding = file.find("token_embd.weight")) {
     c.vocab_size = embedding->torch_shape().front();
   } else {
     fail("{}: missing tensor token_embd.weight", source);
@@ -327,9 +329,9 @@ ModelConfig config_from_gguf(const GgufFile& file) {
   c.bos_token_id = token_id("bos_token_id");
   if (token_id("eos_token_id") >= 0) c.eos_token_ids = {token_id("eos_token_id")};
   c.pad_token_id = token_id("padding_token_id");
-  if (const TensorInfo* embedding = file.find("token_embd.weight")) {
-    if (embedding->type != StoredType::other && embedding->type != StoredType::q8_0)
-      c.torch_dtype = dtype_name(natural_dtype(embedding->type));
+  if (const tensor::TensorInfo* embedding = file.find("token_embd.weight")) {
+    if (embedding->type != tensor::StoredType::other && embedding->type != tensor::StoredType::q8_0)
+      c.torch_dtype = dtype_name(tensor::natural_dtype(embedding->type));
   }
   c.validate(source);
   return c;
@@ -349,7 +351,7 @@ CausalLM load_model(const fs::path& path, torch::ScalarType dtype, torch::Device
     if (!fs::exists(path / "config.json")) fail("{}: not a model directory (no config.json)", path.string());
     return load_hf(path, dtype, device);
   }
-  if (is_gguf_file(path)) return load_gguf(path, dtype, device);
+  if (tensor::is_gguf_file(path)) return load_gguf(path, dtype, device);
   if (path.filename() == "config.json" || path.extension() == ".safetensors" || path.filename() == "model.safetensors.index.json")
     return load_hf(path.parent_path().empty() ? fs::path(".") : path.parent_path(), dtype, device);
   fail("{}: neither a Hugging Face model directory nor a GGUF file", path.string());
@@ -450,15 +452,15 @@ void save_model_hf(const CausalLM& model, const fs::path& dir, const std::vector
   ModelConfig config = model.config();
   config.torch_dtype = dtype_name(model.dtype());
   std::vector<PlannedTensor> plan = plan_hf(model);
-  std::vector<TensorSpec> specs;
+  std::vector<tensor::TensorSpec> specs;
   std::map<std::string, const PlannedTensor*> by_name;
   for (const auto& t : plan) {
     specs.push_back({t.name, model.dtype(), t.shape});
     by_name[t.name] = &t;
   }
   // The checkpoint goes first: a directory with a config but no weights never looks complete.
-  write_safetensors_sharded(
-      dir, specs, [&](const TensorSpec& spec) { return by_name.at(spec.name)->produce(); }, max_shard_bytes);
+  tensor::write_safetensors_sharded(
+      dir, specs, [&](const tensor::TensorSpec& spec) { return by_name.at(spec.name)->produce(); }, max_shard_bytes);
   save_config(config, dir / "config.json");
   for (const auto& file : tokenizer_files) {
     if (!fs::is_regular_file(file)) fail("{}: tokenizer file not found", file.string());
@@ -469,15 +471,15 @@ void save_model_hf(const CausalLM& model, const fs::path& dir, const std::vector
   }
 }
 
-std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const GgufFile& file) {
-  std::vector<std::pair<std::string, GgufValue>> out;
+std::vector<std::pair<std::string, tensor::GgufValue>> gguf_tokenizer_metadata(const tensor::GgufFile& file) {
+  std::vector<std::pair<std::string, tensor::GgufValue>> out;
   for (const auto& key : file.keys())
     if (key.rfind("tokenizer.", 0) == 0) out.emplace_back(key, file.value(key));
   return out;
 }
 
 void save_model_gguf(const CausalLM& model, const fs::path& file,
-                     const std::vector<std::pair<std::string, GgufValue>>& extra_metadata, bool quantize_q8_0) {
+                     const std::vector<std::pair<std::string, tensor::GgufValue>>& extra_metadata, bool quantize_q8_0) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const bool gpt2 = c.architecture == Architecture::gpt2;
@@ -485,38 +487,38 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
   if (c.rope_scaling.type == RopeScalingType::dynamic)
     fail("{}: dynamic NTK RoPE scaling has no GGUF form", file.string());
 
-  StoredType matrix_type = StoredType::f32;
+  tensor::StoredType matrix_type = tensor::StoredType::f32;
   std::uint32_t file_type = 0;  // llama_ftype: ALL_F32
   if (model.dtype() == torch::kFloat16) {
-    matrix_type = StoredType::f16;
+    matrix_type = tensor::StoredType::f16;
     file_type = 1;  // MOSTLY_F16
   } else if (model.dtype() == torch::kBFloat16) {
-    matrix_type = StoredType::bf16;
+    matrix_type = tensor::StoredType::bf16;
     file_type = 32;  // MOSTLY_BF16
   }
   if (quantize_q8_0) {
-    matrix_type = StoredType::q8_0;
+    matrix_type = tensor::StoredType::q8_0;
     file_type = 7;  // MOSTLY_Q8_0
   }
 
-  GgufWriter writer;
+  tensor::GgufWriter writer;
   auto key = [&](const std::string& suffix) { return arch + "." + suffix; };
-  auto u32 = [](int64_t v) { return GgufValue::u32(static_cast<std::uint32_t>(v)); };
-  writer.set("general.architecture", GgufValue::string(arch));
-  writer.set("general.name", GgufValue::string(fs::path(model.source()).filename().string()));
-  writer.set("general.file_type", GgufValue::u32(file_type));
-  writer.set("general.quantization_version", GgufValue::u32(2));
+  auto u32 = [](int64_t v) { return tensor::GgufValue::u32(static_cast<std::uint32_t>(v)); };
+  writer.set("general.architecture", tensor::GgufValue::string(arch));
+  writer.set("general.name", tensor::GgufValue::string(fs::path(model.source()).filename().string()));
+  writer.set("general.file_type", tensor::GgufValue::u32(file_type));
+  writer.set("general.quantization_version", tensor::GgufValue::u32(2));
   writer.set(key("context_length"), u32(c.max_position_embeddings));
   writer.set(key("embedding_length"), u32(c.hidden_size));
   writer.set(key("block_count"), u32(c.num_layers));
   writer.set(key("feed_forward_length"), u32(c.intermediate_size));
   writer.set(key("attention.head_count"), u32(c.num_heads));
   if (gpt2) {
-    writer.set(key("attention.layer_norm_epsilon"), GgufValue::f32(static_cast<float>(c.norm_eps)));
+    writer.set(key("attention.layer_norm_epsilon"), tensor::GgufValue::f32(static_cast<float>(c.norm_eps)));
   } else {
     writer.set(key("attention.head_count_kv"), u32(c.num_kv_heads));
-    writer.set(key("rope.freq_base"), GgufValue::f32(static_cast<float>(c.rope_theta)));
-    writer.set(key("attention.layer_norm_rms_epsilon"), GgufValue::f32(static_cast<float>(c.norm_eps)));
+    writer.set(key("rope.freq_base"), tensor::GgufValue::f32(static_cast<float>(c.rope_theta)));
+    writer.set(key("attention.layer_norm_rms_epsilon"), tensor::GgufValue::f32(static_cast<float>(c.norm_eps)));
     writer.set(key("rope.dimension_count"), u32(c.head_dim));
     if (c.head_dim * c.num_heads != c.hidden_size) {
       writer.set(key("attention.key_length"), u32(c.head_dim));
@@ -525,8 +527,8 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
     writer.set(key("vocab_size"), u32(c.vocab_size));
     if (c.sliding_window > 0) writer.set(key("attention.sliding_window"), u32(c.sliding_window));
     if (c.rope_scaling.type == RopeScalingType::linear) {
-      writer.set(key("rope.scaling.type"), GgufValue::string("linear"));
-      writer.set(key("rope.scaling.factor"), GgufValue::f32(static_cast<float>(c.rope_scaling.factor)));
+      writer.set(key("rope.scaling.type"), tensor::GgufValue::string("linear"));
+      writer.set(key("rope.scaling.factor"), tensor::GgufValue::f32(static_cast<float>(c.rope_scaling.factor)));
     }
   }
   if (c.bos_token_id >= 0) writer.set("tokenizer.ggml.bos_token_id", u32(c.bos_token_id));
@@ -536,9 +538,9 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
 
   // Q8_0 needs rows that are whole 32-value blocks; other matrices keep the model's float type.
   auto matrix = [&](const std::string& name, std::vector<int64_t> shape, std::function<at::Tensor()> produce) {
-    StoredType type = matrix_type;
-    if (type == StoredType::q8_0 && shape.back() % 32 != 0) type = StoredType::f32;
-    if (type == StoredType::f32 || type == StoredType::q8_0) {
+    tensor::StoredType type = matrix_type;
+    if (type == tensor::StoredType::q8_0 && shape.back() % 32 != 0) type = tensor::StoredType::f32;
+    if (type == tensor::StoredType::f32 || type == tensor::StoredType::q8_0) {
       writer.add_tensor(name, shape, type, [produce] { return produce().to(at::kCPU, at::kFloat); });
     } else {
       writer.add_tensor(name, shape, type, produce);
@@ -546,7 +548,7 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
   };
   // llama.cpp reads norms and biases as F32 whatever the matrices are.
   auto vector = [&](const std::string& name, const at::Tensor& t) {
-    if (t.defined()) writer.add_tensor(name, t.sizes().vec(), StoredType::f32, [t] { return t.to(at::kCPU, at::kFloat); });
+    if (t.defined()) writer.add_tensor(name, t.sizes().vec(), tensor::StoredType::f32, [t] { return t.to(at::kCPU, at::kFloat); });
   };
   auto plain = [](const at::Tensor& t) { return [t] { return t; }; };
 
@@ -613,7 +615,7 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
       if (c.rope_scaling.type == RopeScalingType::linear)  // the linear part is in rope.scaling.factor
         for (auto& x : divisors) x /= c.rope_scaling.factor;
       auto t = at::tensor(divisors, at::TensorOptions().dtype(at::kDouble)).to(at::kFloat);
-      writer.add_tensor("rope_freqs.weight", t, StoredType::f32);
+      writer.add_tensor("rope_freqs.weight", t, tensor::StoredType::f32);
     }
   }
   fs::create_directories(file.parent_path().empty() ? fs::path(".") : file.parent_path());
@@ -622,14 +624,14 @@ void save_model_gguf(const CausalLM& model, const fs::path& file,
 
 CheckpointSummary summarize_checkpoint(const std::filesystem::path& path) {
   CheckpointSummary summary;
-  std::vector<TensorInfo> tensors;
-  if (is_gguf_file(path)) {
-    auto file = open_gguf(path);
+  std::vector<tensor::TensorInfo> tensors;
+  if (tensor::is_gguf_file(path)) {
+    auto file = tensor::open_gguf(path);
     summary.config = config_from_gguf(*file);
     tensors = file->tensors();
   } else {
     summary.config = load_config(path);
-    tensors = open_safetensors(std::filesystem::is_directory(path) ? path : path.parent_path())->tensors();
+    tensors = tensor::open_safetensors(std::filesystem::is_directory(path) ? path : path.parent_path())->tensors();
   }
   summary.tensors = tensors.size();
   for (const auto& t : tensors) {

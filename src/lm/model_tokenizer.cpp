@@ -22,7 +22,7 @@ namespace {
 // GGUF token types (llama.cpp's llama_token_type), the same numbers as SentencePiece's.
 constexpr std::int32_t kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5;
 
-std::unique_ptr<text::Tokenizer> tokenizer_from_gguf(const GgufFile& file, const fs::path& path) {
+std::unique_ptr<text::Tokenizer> tokenizer_from_gguf(const tensor::GgufFile& file, const fs::path& path) {
   std::string model = file.get_string("tokenizer.ggml.model", "");
   USERIP_CHECK(!model.empty(), "{}: no tokenizer in the GGUF metadata (tokenizer.ggml.model)", path.string());
   auto tokens = file.get_string_array("tokenizer.ggml.tokens");
@@ -235,8 +235,8 @@ json bpe_tokenizer_json(const text::BpeTokenizer& bpe) {
 }  // namespace
 
 std::unique_ptr<text::Tokenizer> load_model_tokenizer(const fs::path& path) {
-  if (is_gguf_file(path)) {
-    auto file = open_gguf(path);
+  if (tensor::is_gguf_file(path)) {
+    auto file = tensor::open_gguf(path);
     return tokenizer_from_gguf(*file, path);
   }
   USERIP_CHECK(fs::exists(path), "{}: no such file or directory", path.string());
@@ -244,8 +244,8 @@ std::unique_ptr<text::Tokenizer> load_model_tokenizer(const fs::path& path) {
   return text::load_tokenizer(dir);
 }
 
-std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const text::Tokenizer& tokenizer) {
-  std::vector<std::pair<std::string, GgufValue>> out;
+std::vector<std::pair<std::string, tensor::GgufValue>> gguf_tokenizer_metadata(const text::Tokenizer& tokenizer) {
+  std::vector<std::pair<std::string, tensor::GgufValue>> out;
   const std::int32_t n = tokenizer.vocab_size();
   std::vector<std::string> tokens(static_cast<std::size_t>(n));
   for (std::int32_t i = 0; i < n; ++i) tokens[static_cast<std::size_t>(i)] = tokenizer.token_text(i);
@@ -257,13 +257,13 @@ std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const tex
       scores[static_cast<std::size_t>(i)] = sp->score(i);
       types[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(sp->piece_type(i));
     }
-    out.emplace_back("tokenizer.ggml.model", GgufValue::string(sp->is_unigram() ? "t5" : "llama"));
-    out.emplace_back("tokenizer.ggml.pre", GgufValue::string("default"));
-    out.emplace_back("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
-    out.emplace_back("tokenizer.ggml.scores", GgufValue::f32_array(scores));
-    out.emplace_back("tokenizer.ggml.token_type", GgufValue::i32_array(types));
-    out.emplace_back("tokenizer.ggml.add_space_prefix", GgufValue::boolean(sp->add_dummy_prefix()));
-    out.emplace_back("tokenizer.ggml.remove_extra_whitespaces", GgufValue::boolean(sp->remove_extra_whitespaces()));
+    out.emplace_back("tokenizer.ggml.model", tensor::GgufValue::string(sp->is_unigram() ? "t5" : "llama"));
+    out.emplace_back("tokenizer.ggml.pre", tensor::GgufValue::string("default"));
+    out.emplace_back("tokenizer.ggml.tokens", tensor::GgufValue::string_array(std::move(tokens)));
+    out.emplace_back("tokenizer.ggml.scores", tensor::GgufValue::f32_array(scores));
+    out.emplace_back("tokenizer.ggml.token_type", tensor::GgufValue::i32_array(types));
+    out.emplace_back("tokenizer.ggml.add_space_prefix", tensor::GgufValue::boolean(sp->add_dummy_prefix()));
+    out.emplace_back("tokenizer.ggml.remove_extra_whitespaces", tensor::GgufValue::boolean(sp->remove_extra_whitespaces()));
   } else if (const auto* bpe = byte_level_bpe(tokenizer)) {
     const std::string pre = llama_cpp_pre_name(*bpe);
     const bool llama3 = pre == "llama-bpe";
@@ -278,25 +278,25 @@ std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const tex
       if (tokens[i].empty()) tokens[i] = fmt::format("[PAD{}]", i);  // llama.cpp's converter fills holes so
     std::vector<std::string> merges;
     for (const auto& [a, b] : bpe->merges()) merges.push_back(a + " " + b);
-    out.emplace_back("tokenizer.ggml.model", GgufValue::string("gpt2"));
-    out.emplace_back("tokenizer.ggml.pre", GgufValue::string(pre));
-    out.emplace_back("tokenizer.ggml.tokens", GgufValue::string_array(std::move(tokens)));
-    out.emplace_back("tokenizer.ggml.token_type", GgufValue::i32_array(bpe_token_types(*bpe)));
-    out.emplace_back("tokenizer.ggml.merges", GgufValue::string_array(std::move(merges)));
+    out.emplace_back("tokenizer.ggml.model", tensor::GgufValue::string("gpt2"));
+    out.emplace_back("tokenizer.ggml.pre", tensor::GgufValue::string(pre));
+    out.emplace_back("tokenizer.ggml.tokens", tensor::GgufValue::string_array(std::move(tokens)));
+    out.emplace_back("tokenizer.ggml.token_type", tensor::GgufValue::i32_array(bpe_token_types(*bpe)));
+    out.emplace_back("tokenizer.ggml.merges", tensor::GgufValue::string_array(std::move(merges)));
   } else {
     fail("a {} tokenizer has no GGUF form (expected SentencePiece or byte-level BPE)", tokenizer.kind());
   }
 
   const auto& s = tokenizer.specials();
   auto id = [&](const char* key, std::int32_t value) {
-    if (value >= 0 && value < n) out.emplace_back(key, GgufValue::u32(static_cast<std::uint32_t>(value)));
+    if (value >= 0 && value < n) out.emplace_back(key, tensor::GgufValue::u32(static_cast<std::uint32_t>(value)));
   };
   id("tokenizer.ggml.bos_token_id", s.bos);
   id("tokenizer.ggml.eos_token_id", s.eos);
   id("tokenizer.ggml.unknown_token_id", s.unk);
   id("tokenizer.ggml.padding_token_id", s.pad);
-  out.emplace_back("tokenizer.ggml.add_bos_token", GgufValue::boolean(s.add_bos));
-  out.emplace_back("tokenizer.ggml.add_eos_token", GgufValue::boolean(s.add_eos));
+  out.emplace_back("tokenizer.ggml.add_bos_token", tensor::GgufValue::boolean(s.add_bos));
+  out.emplace_back("tokenizer.ggml.add_eos_token", tensor::GgufValue::boolean(s.add_eos));
   return out;
 }
 
@@ -318,42 +318,42 @@ void save_tokenizer_hf(const text::Tokenizer& tokenizer, const fs::path& dir) {
 }
 
 torch::ScalarType stored_dtype(const fs::path& source) {
-  std::unique_ptr<GgufFile> gguf;
-  std::unique_ptr<TensorSource> safetensors;
-  const TensorSource* tensors = nullptr;
-  if (is_gguf_file(source)) {
-    gguf = open_gguf(source);
+  std::unique_ptr<tensor::GgufFile> gguf;
+  std::unique_ptr<tensor::TensorSource> safetensors;
+  const tensor::TensorSource* tensors = nullptr;
+  if (tensor::is_gguf_file(source)) {
+    gguf = tensor::open_gguf(source);
     tensors = gguf.get();
   } else {
     USERIP_CHECK(fs::exists(source), "{}: no such file or directory", source.string());
-    safetensors = open_safetensors(fs::is_directory(source) ? source : source.parent_path());
+    safetensors = tensor::open_safetensors(fs::is_directory(source) ? source : source.parent_path());
     tensors = safetensors.get();
   }
-  std::map<StoredType, std::int64_t> elements;
+  std::map<tensor::StoredType, std::int64_t> elements;
   for (const auto& t : tensors->tensors())
     if (t.shape.size() == 2) elements[t.type] += t.numel();
-  StoredType most = StoredType::f32;
+  tensor::StoredType most = tensor::StoredType::f32;
   std::int64_t best = -1;
   for (const auto& [type, count] : elements) {
     if (count > best) most = type, best = count;
   }
-  if (most == StoredType::f16) return torch::kHalf;
-  if (most == StoredType::bf16) return torch::kBFloat16;
+  if (most == tensor::StoredType::f16) return torch::kHalf;
+  if (most == tensor::StoredType::bf16) return torch::kBFloat16;
   return torch::kFloat;
 }
 
 void export_model(const fs::path& source, const fs::path& out, const ExportOptions& options) {
   USERIP_CHECK(fs::exists(source), "{}: no such file or directory", source.string());
-  const bool from_gguf = is_gguf_file(source);
+  const bool from_gguf = tensor::is_gguf_file(source);
   const fs::path source_dir = from_gguf || fs::is_directory(source) ? source : source.parent_path();
   const torch::ScalarType dtype = options.dtype ? *options.dtype : stored_dtype(source);
   if (options.format == ExportFormat::gguf) {
     USERIP_CHECK(!fs::is_directory(out), "{}: is a directory; GGUF export writes one file (e.g. {})", out.string(),
                  (out / "model.gguf").string());
     // The tokenizer first: a vocabulary GGUF cannot hold fails before any weight is converted.
-    std::vector<std::pair<std::string, GgufValue>> metadata;
+    std::vector<std::pair<std::string, tensor::GgufValue>> metadata;
     if (from_gguf) {
-      metadata = gguf_tokenizer_metadata(*open_gguf(source));
+      metadata = gguf_tokenizer_metadata(*tensor::open_gguf(source));
     } else {
       auto tokenizer = load_model_tokenizer(source);
       try {
@@ -364,7 +364,7 @@ void export_model(const fs::path& source, const fs::path& out, const ExportOptio
       if (const fs::path config = source_dir / "tokenizer_config.json"; fs::exists(config)) {
         const json doc = json::parse(read_file(config), nullptr, /*allow_exceptions=*/false);
         if (doc.is_object() && doc.contains("chat_template") && doc["chat_template"].is_string())
-          metadata.emplace_back("tokenizer.chat_template", GgufValue::string(doc["chat_template"].get<std::string>()));
+          metadata.emplace_back("tokenizer.chat_template", tensor::GgufValue::string(doc["chat_template"].get<std::string>()));
       }
     }
     CausalLM model = load_model(source, dtype);

@@ -12,13 +12,13 @@
 
 #include "userip/lm/loader.h"
 #include "userip/lm/model.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/text/sentencepiece.h"
 #include "userip/util/error.h"
 #include "userip/util/checkpoint.h"
 #include "userip/util/fs.h"
 #include "userip/util/log.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 
@@ -275,7 +275,7 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
   std::int64_t loss_count = 0;
   if (!state.is_null()) {
     torch::NoGradGuard no_grad;
-    auto source = open_safetensors(checkpoint / state.at("weights").get<std::string>());
+    auto source = tensor::open_safetensors(checkpoint / state.at("weights").get<std::string>());
     for (auto& [name, tensor] : weights.named()) {
       tensor.copy_(source->load(name, torch::kFloat, o.device));
     }
@@ -303,7 +303,7 @@ PretrainResult pretrain_lm(const text::Corpus& corpus, const PretrainOptions& o,
     const std::string optimizer_name = fmt::format("optimizer-{}.pt", step);
     std::vector<std::pair<std::string, torch::Tensor>> named;
     for (const auto& [name, tensor] : weights.named()) named.emplace_back(name, tensor.detach().cpu());
-    write_safetensors(checkpoint / (weights_name + ".next"), named);
+    tensor::write_safetensors(checkpoint / (weights_name + ".next"), named);
     torch::save(optimizer, (checkpoint / (optimizer_name + ".next")).string());
     fs::rename(checkpoint / (weights_name + ".next"), checkpoint / weights_name);
     fs::rename(checkpoint / (optimizer_name + ".next"), checkpoint / optimizer_name);

@@ -28,14 +28,14 @@
 
 #include "userip/data/export.h"
 #include "userip/dist/world.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 

@@ -25,14 +25,14 @@
 
 #include "userip/data/export.h"
 #include "userip/dist/world.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 
@@ -77,7 +77,7 @@ torch::Tensor population_profile(const Engine& engine, const FitOptions& o, cons
   return shared;
 }
 
-void mstep(const Engine& engine, const torch::Tensor& z, std::vector<ResidualCodebook>& codebooks, int iterations) {
+void mstep(const Engine& engine, const torch::Tensor& z, std::vector<quantize::ResidualCodebook>& codebooks, int iterations) {
   torch::NoGradGuard no_grad;
   for (std::size_t a = 0; a < codebooks.size(); ++a) {
     auto x = engine.attribute_view(z, a);
@@ -86,7 +86,7 @@ void mstep(const Engine& engine, const torch::Tensor& z, std::vector<ResidualCod
 }
 
 // Codes [U, A, R] of the profiles under the codebooks.
-torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<ResidualCodebook>& codebooks) {
+torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<quantize::ResidualCodebook>& codebooks) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> per;
   for (std::size_t a = 0; a < codebooks.size(); ++a) per.push_back(codebooks[a].assign(engine.attribute_view(z, a)).cpu());
@@ -215,7 +215,7 @@ void share_parts(dist::World& world, std::vector<Part>& parts, std::size_t mine,
 
 }  // namespace
 
-torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
+torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<quantize::ResidualCodebook>& codebooks,
                                             torch::Tensor codes, int sweeps, int workers,
                                             const std::function<void(std::uint64_t, std::uint64_t)>& on_progress) {
   torch::NoGradGuard no_grad;
@@ -278,7 +278,7 @@ torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vec
 }
 
 void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z,
-                     const std::vector<ResidualCodebook>& codebooks) {
+                     const std::vector<quantize::ResidualCodebook>& codebooks) {
   torch::NoGradGuard no_grad;
   for (std::size_t a = 0; a < codebooks.size(); ++a) {
     auto x = engine.attribute_view(z, a);
@@ -288,7 +288,7 @@ void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z
     std::vector<std::int64_t> dead;
     std::vector<std::vector<std::int64_t>> counts;
     for (int r = 0; r < codebooks[a].levels(); ++r) {
-      auto usage = code_usage(codes.select(1, r), codebooks[a].codes());
+      auto usage = quantize::code_usage(codes.select(1, r), codebooks[a].codes());
       perplexity.push_back(usage.perplexity);
       dead.push_back(usage.dead);
       counts.push_back(usage.counts);
@@ -300,12 +300,12 @@ void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z
 }
 
 // A detached copy of a codebook on `device` (plain tensors, no optimiser or autograd history).
-ResidualCodebook codebook_on(const ResidualCodebook& codebook, torch::Device device) {
+quantize::ResidualCodebook codebook_on(const quantize::ResidualCodebook& codebook, torch::Device device) {
   std::vector<std::pair<std::string, torch::Tensor>> saved;
   codebook.save(saved, "c");
   std::map<std::string, torch::Tensor> named;
   for (auto& [name, tensor] : saved) named[name] = tensor.to(device);
-  return ResidualCodebook::from_tensors(named, "c");
+  return quantize::ResidualCodebook::from_tensors(named, "c");
 }
 
 bool estep_round(const RoundContext& ctx, FitState& state, int round, double lambda) {

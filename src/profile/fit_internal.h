@@ -17,7 +17,7 @@
 
 #include "userip/dist/world.h"
 #include "userip/lm/model.h"
-#include "userip/profile/codebook.h"
+#include "userip/quantize/codebook.h"
 #include "userip/profile/fit.h"
 #include "userip/profile/samples.h"
 #include "userip/profile/template.h"
@@ -144,7 +144,7 @@ class Engine {
 
   // Profiles [b, P, d] made of the codewords of level-0 codes [b, A]; differentiable with respect
   // to the codewords.
-  torch::Tensor compose(const std::vector<ResidualCodebook>& codebooks, const torch::Tensor& codes) const {
+  torch::Tensor compose(const std::vector<quantize::ResidualCodebook>& codebooks, const torch::Tensor& codes) const {
     std::vector<torch::Tensor> parts;
     for (std::size_t a = 0; a < codebooks.size(); ++a) {
       const auto column = codes.narrow(1, static_cast<std::int64_t>(a), 1);
@@ -158,7 +158,7 @@ class Engine {
   // the other attributes' codes held, `sweeps` times over the attributes. With `margins` (and
   // `runner_up`), also each user's NLL per token under its second-best code minus under its code,
   // and that second-best code, from the last sweep ([b, A]; a one-code attribute has margin 0).
-  torch::Tensor likelihood_codes(const PreparedBatch& p, const std::vector<ResidualCodebook>& codebooks,
+  torch::Tensor likelihood_codes(const PreparedBatch& p, const std::vector<quantize::ResidualCodebook>& codebooks,
                                  torch::Tensor codes, int sweeps, torch::Tensor* margins = nullptr,
                                  torch::Tensor* runner_up = nullptr) const {
     torch::NoGradGuard no_grad;
@@ -193,7 +193,7 @@ class Engine {
   }
 
   // Squared distance of each row's attribute vectors to their nearest reconstruction: [b].
-  torch::Tensor prior_distance(const torch::Tensor& z_local, const std::vector<ResidualCodebook>& codebooks) const {
+  torch::Tensor prior_distance(const torch::Tensor& z_local, const std::vector<quantize::ResidualCodebook>& codebooks) const {
     auto total = torch::zeros({z_local.size(0)}, z_local.options());
     for (std::size_t a = 0; a < codebooks.size(); ++a) {
       auto x = attribute_view(z_local, a);
@@ -313,10 +313,10 @@ torch::Tensor initial_vectors(const FitOptions& o, std::int64_t users, std::int6
 torch::Tensor population_profile(const Engine& engine, const FitOptions& o, const torch::Tensor& start,
                                  ProgressBar* progress);
 
-void mstep(const Engine& engine, const torch::Tensor& z, std::vector<ResidualCodebook>& codebooks, int iterations);
+void mstep(const Engine& engine, const torch::Tensor& z, std::vector<quantize::ResidualCodebook>& codebooks, int iterations);
 
 // Codes [U, A, R] of the profiles under the codebooks.
-torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<ResidualCodebook>& codebooks);
+torch::Tensor assign_all(const Engine& engine, const torch::Tensor& z, const std::vector<quantize::ResidualCodebook>& codebooks);
 
 // What one E-step batch gives back: its NLL and label tokens.
 struct BatchOutcome {
@@ -345,23 +345,23 @@ int side_by_side_workers(const FitOptions& o);
 // over the attributes), read in row batches of the fit's batch limits whatever a history's length,
 // `workers` batches side by side. Users without history keep their codes. `on_progress` gets the
 // batch passes done and their total.
-torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<ResidualCodebook>& codebooks,
+torch::Tensor likelihood_codes_of_histories(const Engine& engine, const std::vector<quantize::ResidualCodebook>& codebooks,
                                             torch::Tensor codes, int sweeps, int workers,
                                             const std::function<void(std::uint64_t, std::uint64_t)>& on_progress);
 
 void fill_code_stats(RoundLog& log, const Engine& engine, const torch::Tensor& z,
-                     const std::vector<ResidualCodebook>& codebooks);
+                     const std::vector<quantize::ResidualCodebook>& codebooks);
 
 // The split-and-merge move (codebook.h) on one attribute, in place on `codes` ([U] level-0 codes of
 // every user) and the codebook: the members of `dissolved` among `rows` take their `runner_up`
 // codes, and the codeword of `dissolved` splits the code whose members' `gradients` ([U, dim], each
 // user's gradient of its NLL per token with respect to its codeword) spread most, along their main
 // direction. The members on the side of the new codeword (the side their gradient descends to) take it.
-RoundLog::CodeMove split_and_merge(ResidualCodebook& codebook, torch::Tensor codes, const torch::Tensor& runner_up,
+RoundLog::CodeMove split_and_merge(quantize::ResidualCodebook& codebook, torch::Tensor codes, const torch::Tensor& runner_up,
                                    const torch::Tensor& gradients, const torch::Tensor& rows, std::int64_t dissolved);
 
 // A detached copy of a codebook on `device` (plain tensors, no optimiser or autograd history).
-ResidualCodebook codebook_on(const ResidualCodebook& codebook, torch::Device device);
+quantize::ResidualCodebook codebook_on(const quantize::ResidualCodebook& codebook, torch::Device device);
 
 // `model_fingerprint` is passed in: hashing every weight is costly for a real checkpoint.
 std::string fit_fingerprint(const FitInputs& in, const FitOptions& o, const std::string& model_fingerprint);
@@ -376,7 +376,7 @@ struct PassState {
 struct FitState {
   torch::Tensor z;                          // [U, P, d] every user's soft tokens
   RowAdam adam;                             // their per-user Adam state
-  std::vector<ResidualCodebook> codebooks;  // one per attribute (none without codebooks)
+  std::vector<quantize::ResidualCodebook> codebooks;  // one per attribute (none without codebooks)
   bool codebooks_ready = false;             // seeded: after the first M-step, from the start in joint mode
   std::unique_ptr<torch::optim::AdamW> codebook_optimizer;  // joint mode's, once the codebooks are ready
   int round = 0;                            // the round under way

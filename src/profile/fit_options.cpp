@@ -22,7 +22,7 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/option_table.h"
 #include "userip/util/error.h"
@@ -30,7 +30,7 @@
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 
@@ -75,10 +75,10 @@ const OptionTable<FitOptions>& FitOptions::table() {
                "segment (each attribute's evidence and soft tokens see only their own segment) or causal");
     t.add_enum("ablation", &O::ablation, kAblationNames, "ablation",
                "none, no-codebook (dense profiles only), random or mean");
-    t.add("codes", &O::codes, "Codes per attribute and level (K)").range(1, ResidualCodebook::kMaxCodes);
+    t.add("codes", &O::codes, "Codes per attribute and level (K)").range(1, quantize::ResidualCodebook::kMaxCodes);
     t.add("codes_per_attribute", &O::codes_per_attribute, "K for one attribute, as NAME=K (repeatable)")
         .alias("attribute-codes");
-    t.add("levels", &O::levels, "Residual codebook levels (hierarchical IDs)").range(1, ResidualCodebook::kMaxLevels);
+    t.add("levels", &O::levels, "Residual codebook levels (hierarchical IDs)").range(1, quantize::ResidualCodebook::kMaxLevels);
     t.add("rounds", &O::rounds, "EM rounds (alternating) or epochs (joint)").range(1, 1000);
     t.add("population_steps", &O::population_steps,
           "Adam steps on one profile shared by all users, the start of every user's E-steps (alternating)")
@@ -187,8 +187,8 @@ void FitOptions::validate() const {
   t.check(*this, Spelling::flag);
   auto flag = [&](const char* key) { return t.name_of(key, Spelling::flag); };
   for (const auto& [name, k] : codes_per_attribute)
-    USERIP_CHECK(k >= 1 && k <= ResidualCodebook::kMaxCodes, "{} for attribute '{}' must be in [1, {}], got {}",
-                 flag("codes_per_attribute"), name, ResidualCodebook::kMaxCodes, k);
+    USERIP_CHECK(k >= 1 && k <= quantize::ResidualCodebook::kMaxCodes, "{} for attribute '{}' must be in [1, {}], got {}",
+                 flag("codes_per_attribute"), name, quantize::ResidualCodebook::kMaxCodes, k);
   USERIP_CHECK(lambda_end >= lambda_start, "the prior weights need {} <= {}, got {} and {}", flag("lambda_start"),
                flag("lambda_end"), lambda_start, lambda_end);
   USERIP_CHECK(merge_margin_ratio == 0 || refine_rounds > 0, "{} acts in refinement rounds: it needs {} > 0",

@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 
 namespace userip::profile::detail {
 
@@ -51,7 +51,7 @@ void FitState::save(const CheckpointDir& checkpoint, const std::vector<Attribute
       {"z", z.detach().cpu()}, {"adam_m", adam.m.cpu()}, {"adam_v", adam.v.cpu()}, {"adam_steps", adam.steps.cpu()}};
   if (codebooks_ready)
     for (std::size_t a = 0; a < codebooks.size(); ++a) codebooks[a].save(tensors, "codebook." + attributes[a].name);
-  lm::write_safetensors(checkpoint.file(tensors_name), tensors);
+  tensor::write_safetensors(checkpoint.file(tensors_name), tensors);
   std::string optimizer_name;
   if (codebook_optimizer && codebooks_ready) {
     optimizer_name = fmt::format("optimizer-{}-{}.pt", round, batch);
@@ -92,7 +92,7 @@ bool FitState::restore(const CheckpointDir& checkpoint, const FitOptions& o,
     loaded.codebooks_ready = state->at("codebooks_ready").get<bool>();
     for (const auto& l : state->at("log"))
       loaded.log.push_back(RoundLog::from_json(l, attributes, checkpoint.file("state.json").string()));
-    auto source = lm::open_safetensors(checkpoint.file(state->at("tensors").get<std::string>()));
+    auto source = tensor::open_safetensors(checkpoint.file(state->at("tensors").get<std::string>()));
     loaded.z = source->load("z", torch::kFloat, o.device);
     loaded.adam.m = source->load("adam_m", torch::kFloat, o.device);
     loaded.adam.v = source->load("adam_v", torch::kFloat, o.device);
@@ -100,7 +100,7 @@ bool FitState::restore(const CheckpointDir& checkpoint, const FitOptions& o,
     loaded.codebooks = codebooks;
     if (loaded.codebooks_ready) {
       for (std::size_t a = 0; a < codebooks.size(); ++a)
-        loaded.codebooks[a] = ResidualCodebook::from_source(*source, "codebook." + attributes[a].name, o.device);
+        loaded.codebooks[a] = quantize::ResidualCodebook::from_source(*source, "codebook." + attributes[a].name, o.device);
       if (o.mode == EmMode::joint) {
         loaded.make_codebook_optimizer(o);
         torch::load(*loaded.codebook_optimizer, checkpoint.file(state->at("optimizer").get<std::string>()).string());

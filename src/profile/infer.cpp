@@ -22,14 +22,14 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 
@@ -115,7 +115,7 @@ Profiles infer_profiles(const FitInputs& in, const Profiles& fitted, const FitOp
   torch::Tensor z = fitted.vectors.to(o.device).mean(0, true).expand({U, -1, -1}).contiguous();
   RowAdam adam;
   adam.reset(z);
-  std::vector<ResidualCodebook> codebooks;
+  std::vector<quantize::ResidualCodebook> codebooks;
   for (const auto& c : fitted.codebooks) codebooks.push_back(codebook_on(c, o.device));
   Profiles result;
   result.users = users;

@@ -22,14 +22,14 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 
@@ -48,15 +48,11 @@ std::string Profiles::codebook_fingerprint() const {
   return hex64(h);
 }
 
-std::string code_field_name(const std::string& attribute, int level) {
-  return level == 0 ? attribute : fmt::format("{}.{}", attribute, level + 1);
-}
-
 std::vector<std::string> Profiles::field_names() const {
   std::vector<std::string> names;
   for (std::size_t a = 0; a < attributes.size() && a < codebooks.size(); ++a) {
     for (int r = 0; r < codebooks[a].levels(); ++r)
-      names.push_back(code_field_name(attributes[a].name, r));
+      names.push_back(quantize::code_field_name(attributes[a].name, r));
   }
   return names;
 }
@@ -67,7 +63,7 @@ void save_profiles(const Profiles& profiles, const fs::path& dir, const nlohmann
   std::vector<std::pair<std::string, torch::Tensor>> tensors = {{"profiles", profiles.vectors.detach().cpu().contiguous()}};
   for (std::size_t a = 0; a < profiles.codebooks.size(); ++a)
     profiles.codebooks[a].save(tensors, "codebook." + profiles.attributes[a].name);
-  lm::write_safetensors(dir / "profiles.safetensors", tensors);
+  tensor::write_safetensors(dir / "profiles.safetensors", tensors);
   std::string users;
   for (const auto& id : profiles.user_ids) {
     USERIP_CHECK(id.find('\n') == std::string::npos, "user id '{}' contains a newline; users.txt cannot hold it", id);
@@ -128,7 +124,7 @@ SavedFit load_fit(const fs::path& dir, const data::Dataset& dataset, const Profi
   p.attributes = profile_template.attributes();
   for (std::size_t a = 0; a < p.attributes.size(); ++a) p.attribute_offset.push_back(profile_template.soft_offset(a));
 
-  auto source = lm::open_safetensors(dir / "profiles.safetensors");
+  auto source = tensor::open_safetensors(dir / "profiles.safetensors");
   p.vectors = source->load("profiles", torch::kFloat);
   USERIP_CHECK(p.vectors.dim() == 3 && p.vectors.size(1) == profile_template.total_soft_tokens(),
                "{}: tensor 'profiles' has shape {} but the template has {} soft tokens", source->description(),
@@ -149,7 +145,7 @@ SavedFit load_fit(const fs::path& dir, const data::Dataset& dataset, const Profi
                "{}: users.txt lists {} users but 'profiles' has {} rows", dir.string(), p.users.size(), p.vectors.size(0));
   if (source->has("codebook." + p.attributes.at(0).name + ".level0")) {
     for (const auto& spec : p.attributes) {
-      p.codebooks.push_back(ResidualCodebook::from_source(*source, "codebook." + spec.name));
+      p.codebooks.push_back(quantize::ResidualCodebook::from_source(*source, "codebook." + spec.name));
     }
     std::vector<torch::Tensor> codes;
     for (std::size_t a = 0; a < p.codebooks.size(); ++a) codes.push_back(p.codebooks[a].assign(p.attribute_vectors(a)));

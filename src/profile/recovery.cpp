@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <set>
 
-#include "userip/profile/clustering.h"
+#include "userip/quantize/clustering.h"
 #include "userip/util/error.h"
 
 namespace userip::profile {
@@ -52,19 +52,19 @@ RecoveryReport ground_truth_recovery(const Profiles& profiles, const data::Synth
     for (std::int64_t i = 0; i < codes.size(0); ++i)
       c.push_back(static_cast<std::int32_t>(codes[i][static_cast<std::int64_t>(a)][0].item<std::int64_t>()));
     r.attributes.push_back(profiles.attributes[a].name);
-    r.taste_nmi.push_back(normalized_mutual_information(c, taste));
-    r.background_nmi.push_back(normalized_mutual_information(c, background));
+    r.taste_nmi.push_back(quantize::normalized_mutual_information(c, taste));
+    r.background_nmi.push_back(quantize::normalized_mutual_information(c, background));
     r.taste_table.push_back(contingency(c, taste));
     r.background_table.push_back(contingency(c, background));
   }
-  const auto histograms = category_histograms(history, profiles.users, field);
+  const auto histograms = quantize::category_histograms(history, profiles.users, field);
   auto classes = [](const std::vector<std::int32_t>& v) {
     return static_cast<std::int64_t>(std::set<std::int32_t>(v.begin(), v.end()).size());
   };
   r.control_taste_nmi =
-      normalized_mutual_information(kmeans(histograms.matrix, classes(taste), seed).assignment, taste);
+      quantize::normalized_mutual_information(quantize::kmeans(histograms.matrix, classes(taste), seed).assignment, taste);
   r.control_background_nmi =
-      normalized_mutual_information(kmeans(histograms.matrix, classes(background), seed).assignment, background);
+      quantize::normalized_mutual_information(quantize::kmeans(histograms.matrix, classes(background), seed).assignment, background);
   return r;
 }
 

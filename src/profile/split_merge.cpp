@@ -23,14 +23,14 @@
 #include <unordered_map>
 
 #include "userip/data/export.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/progress.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::profile {
 
@@ -45,7 +45,7 @@ namespace detail {
 // codes, and the codeword of `dissolved` splits the code whose members' `gradients` ([U, dim], each
 // user's gradient of its NLL per token with respect to its codeword) spread most, along their main
 // direction. The members on the side of the new codeword (the side their gradient descends to) take it.
-RoundLog::CodeMove split_and_merge(ResidualCodebook& codebook, torch::Tensor codes, const torch::Tensor& runner_up,
+RoundLog::CodeMove split_and_merge(quantize::ResidualCodebook& codebook, torch::Tensor codes, const torch::Tensor& runner_up,
                                    const torch::Tensor& gradients, const torch::Tensor& rows, std::int64_t dissolved) {
   RoundLog::CodeMove move;
   move.dissolved = dissolved;
@@ -59,7 +59,7 @@ RoundLog::CodeMove split_and_merge(ResidualCodebook& codebook, torch::Tensor cod
     if (k == dissolved) continue;
     const auto members = (before == k).nonzero().squeeze(1);
     if (members.size(0) < 2) continue;
-    auto spread = principal_direction(g.index_select(0, members));
+    auto spread = quantize::principal_direction(g.index_select(0, members));
     if (spread.spread > widest) {
       widest = spread.spread;
       direction = spread.direction;
@@ -135,7 +135,7 @@ void refinement_round(const RoundContext& ctx, FitState& state, int round,
   const auto round_rows =
       (refine_rows.empty() ? torch::arange(U, torch::TensorOptions().dtype(torch::kLong)) : torch::tensor(refine_rows))
           .to(o.device);
-  std::vector<RedundantCode> dissolve(codebooks.size());
+  std::vector<quantize::RedundantCode> dissolve(codebooks.size());
   torch::Tensor margins, runner_up, gradients;
   if (!fit_codewords_to_em_codes) {
     std::int64_t candidates = 0;
@@ -162,10 +162,10 @@ void refinement_round(const RoundContext& ctx, FitState& state, int round,
     for (std::size_t a = 0; a < codebooks.size(); ++a) {
       const auto column = codes.select(1, static_cast<std::int64_t>(a)).index_select(0, round_rows);
       const auto margin = margins.select(1, static_cast<std::int64_t>(a)).index_select(0, round_rows);
-      log.code_margins.push_back(mean_per_code(column, margin, codebooks[a].codes()));
-      if (moves_allowed) dissolve[a] = redundant_code(column, margin, codebooks[a].codes(), o.merge_margin_ratio);
+      log.code_margins.push_back(quantize::mean_per_code(column, margin, codebooks[a].codes()));
+      if (moves_allowed) dissolve[a] = quantize::redundant_code(column, margin, codebooks[a].codes(), o.merge_margin_ratio);
     }
-    if (std::any_of(dissolve.begin(), dissolve.end(), [](const RedundantCode& r) { return r.code >= 0; }))
+    if (std::any_of(dissolve.begin(), dissolve.end(), [](const quantize::RedundantCode& r) { return r.code >= 0; }))
       gradients = torch::zeros_like(z);
   }
   const std::size_t batches = r.batches.size();

@@ -9,7 +9,7 @@
 
 #include "report/inputs.h"
 #include "userip/data/records.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/report/report.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -85,7 +85,7 @@ std::vector<ProfileProjection> project_profiles(const fs::path& dir, std::size_t
   const fs::path tensor_file = dir / "profiles.safetensors";
   USERIP_CHECK(fs::is_regular_file(tensor_file), "{} does not exist (expected the output of `userip profile fit`)",
                tensor_file.string());
-  auto source = lm::open_safetensors(tensor_file);
+  auto source = tensor::open_safetensors(tensor_file);
   USERIP_CHECK(source->has("profiles"), "{}: no tensor 'profiles'", tensor_file.string());
   torch::NoGradGuard no_grad;
   auto profiles = source->load("profiles", torch::kFloat32);

@@ -11,7 +11,7 @@
 
 #include "report/inputs.h"
 #include "report/page.h"
-#include "userip/profile/fit.h"
+#include "userip/quantize/codebook.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/strings.h"
@@ -176,7 +176,7 @@ std::string em_section(const fs::path& log_file, const std::vector<EmRound>& rou
         perplexity.push_back(
             {r.round, a && level < a->code_perplexity.size() ? or_null(a->code_perplexity[level]) : Json(nullptr)});
       }
-      usage.push_back({{"name", profile::code_field_name(name, static_cast<int>(level))}, {"points", perplexity}});
+      usage.push_back({{"name", quantize::code_field_name(name, static_cast<int>(level))}, {"points", perplexity}});
     }
   }
 

@@ -41,7 +41,7 @@ std::map<std::string, std::vector<nlohmann::json>> read_explanations(const std::
                  "{}:{}: not a code explanation (expected \"attribute\", \"level\" >= 1 and \"code\" >= 0, as written "
                  "by `userip profile explain --json`)",
                  path.string(), number);
-    auto& codes = out[profile::code_field_name(e["attribute"].get<std::string>(), e["level"].get<int>() - 1)];
+    auto& codes = out[quantize::code_field_name(e["attribute"].get<std::string>(), e["level"].get<int>() - 1)];
     const auto code = static_cast<std::size_t>(e["code"].get<std::int64_t>());
     if (codes.size() <= code) codes.resize(code + 1);
     codes[code] = std::move(e);

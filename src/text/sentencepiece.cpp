@@ -1,3 +1,6 @@
+// Long (about 960 lines) on purpose: the model file's protobuf wire format, the normaliser (byte
+// trie and precompiled charsmap), the encoder and decoder all work on the one Model struct, which
+// would otherwise have to be exposed in a header; spm_train's invocation closes the file.
 #include "userip/text/sentencepiece.h"
 
 #include <fcntl.h>

@@ -303,7 +303,7 @@ TEST(LmCli, ExportRoundTripsThroughGgufAndHf) {
   const std::string original = cli_ok("lm score --model " + quoted(repo_reference() / "tiny-llama-hf") +
                                       " --text-file " + quoted(prompts));
   cli_ok("lm export --model " + quoted(repo_reference() / "tiny-llama-hf") + " --out " + quoted(dir / "m.gguf"));
-  ASSERT_TRUE(is_gguf_file(dir / "m.gguf"));
+  ASSERT_TRUE(tensor::is_gguf_file(dir / "m.gguf"));
   cli_ok("lm export --model " + quoted(dir / "m.gguf") + " --out " + quoted(dir / "hf") + " --format hf");
   ASSERT_TRUE(fs::exists(dir / "hf" / "tokenizer.model"));
   // Identical weights and tokenizers score identically, to the last digit.

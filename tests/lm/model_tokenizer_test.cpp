@@ -15,7 +15,7 @@
 #include <fstream>
 
 #include "support/temp_dir.h"
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/lm/loader.h"
 #include "userip/text/bpe.h"
 #include "userip/text/sentencepiece.h"
@@ -146,8 +146,8 @@ TEST(ModelTokenizer, MissingTokenizerNamesTheFile) {
     EXPECT_NE(std::string(e.what()).find((dir / "m").string()), std::string::npos) << e.what();
   }
   EXPECT_THROW(load_model_tokenizer(dir / "absent"), Error);
-  GgufWriter writer;  // a GGUF file without tokenizer metadata
-  writer.set("general.architecture", GgufValue::string("llama"));
+  tensor::GgufWriter writer;  // a GGUF file without tokenizer metadata
+  writer.set("general.architecture", tensor::GgufValue::string("llama"));
   writer.write(dir / "bare.gguf");
   try {
     load_model_tokenizer(dir / "bare.gguf");
@@ -161,26 +161,26 @@ TEST(ModelTokenizer, MissingTokenizerNamesTheFile) {
 // ---------------------------------------------------------------------------------------------
 // 2. The metadata written equals llama.cpp's converter's
 
-const GgufValue& metadata_value(const std::vector<std::pair<std::string, GgufValue>>& metadata, const std::string& key) {
+const tensor::GgufValue& metadata_value(const std::vector<std::pair<std::string, tensor::GgufValue>>& metadata, const std::string& key) {
   for (const auto& [k, v] : metadata)
     if (k == key) return v;
   throw std::runtime_error("no metadata key " + key);
 }
 
-bool has_metadata(const std::vector<std::pair<std::string, GgufValue>>& metadata, const std::string& key) {
+bool has_metadata(const std::vector<std::pair<std::string, tensor::GgufValue>>& metadata, const std::string& key) {
   for (const auto& [k, v] : metadata)
     if (k == key) return true;
   return false;
 }
 
 // Written to a GGUF file and read back, so the comparison goes through the file format.
-std::unique_ptr<GgufFile> metadata_file(const std::vector<std::pair<std::string, GgufValue>>& metadata,
+std::unique_ptr<tensor::GgufFile> metadata_file(const std::vector<std::pair<std::string, tensor::GgufValue>>& metadata,
                                         const fs::path& path) {
-  GgufWriter writer;
-  writer.set("general.architecture", GgufValue::string("llama"));
+  tensor::GgufWriter writer;
+  writer.set("general.architecture", tensor::GgufValue::string("llama"));
   for (const auto& [k, v] : metadata) writer.set(k, v);
   writer.write(path);
-  return open_gguf(path);
+  return tensor::open_gguf(path);
 }
 
 TEST(GgufTokenizerMetadata, SentencePieceMatchesLlamaCppConverter) {
@@ -188,7 +188,7 @@ TEST(GgufTokenizerMetadata, SentencePieceMatchesLlamaCppConverter) {
   auto tokenizer = load_model_tokenizer(repo_reference() / "tiny-llama-hf");
   auto metadata = gguf_tokenizer_metadata(*tokenizer);
   auto ours = metadata_file(metadata, dir / "ours.gguf");
-  GgufFile theirs(repo_reference() / "tiny-llama.gguf");
+  tensor::GgufFile theirs(repo_reference() / "tiny-llama.gguf");
   for (const char* key : {"tokenizer.ggml.model", "tokenizer.ggml.pre"})
     EXPECT_EQ(ours->get_string(key), theirs.get_string(key)) << key;
   EXPECT_EQ(ours->get_string_array("tokenizer.ggml.tokens"), theirs.get_string_array("tokenizer.ggml.tokens"));
@@ -224,7 +224,7 @@ TEST(GgufTokenizerMetadata, ByteLevelBpeMatchesLlamaCppConverter) {
   expect_tokenizes_like(*back, *tokenizer, "metadata of tiny-gpt2-hf");
 
   if (!fs::exists(shared_gpt2_gguf())) GTEST_SKIP() << shared_gpt2_gguf() << " is absent";
-  GgufFile theirs(shared_gpt2_gguf());
+  tensor::GgufFile theirs(shared_gpt2_gguf());
   for (const char* key : {"tokenizer.ggml.model", "tokenizer.ggml.pre"})
     EXPECT_EQ(ours->get_string(key), theirs.get_string(key)) << key;
   for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
@@ -266,7 +266,7 @@ TEST(GgufTokenizerMetadata, TokenizerJsonPreTokenizersGetLlamaCppNames) {
 
 TEST(GgufTokenizerMetadata, UnigramSentencePieceBecomesT5) {
   TempDir dir;
-  GgufFile reference(repo_reference() / "tiny-llama.gguf");
+  tensor::GgufFile reference(repo_reference() / "tiny-llama.gguf");
   text::SentencePieceVocab vocab;
   vocab.tokens = reference.get_string_array("tokenizer.ggml.tokens");
   vocab.scores = reference.get_f32_array("tokenizer.ggml.scores");
@@ -317,10 +317,10 @@ TEST(Export, TinyLlamaHfToGgufAndBack) {
   TempDir dir;
   const fs::path hf = repo_reference() / "tiny-llama-hf";
   export_model(hf, dir / "tiny-llama.gguf", {});
-  EXPECT_TRUE(is_gguf_file(dir / "tiny-llama.gguf"));
+  EXPECT_TRUE(tensor::is_gguf_file(dir / "tiny-llama.gguf"));
   expect_same_model(dir / "tiny-llama.gguf", hf, llama_prompts());
   // The tensors are what llama.cpp's converter wrote (q/k rows permuted its way).
-  GgufFile ours(dir / "tiny-llama.gguf"), theirs(repo_reference() / "tiny-llama.gguf");
+  tensor::GgufFile ours(dir / "tiny-llama.gguf"), theirs(repo_reference() / "tiny-llama.gguf");
   for (const auto& info : theirs.tensors()) {
     ASSERT_TRUE(ours.has(info.name)) << info.name;
     EXPECT_TRUE(at::equal(ours.load(info.name), theirs.load(info.name))) << info.name;
@@ -400,10 +400,10 @@ TEST(Export, Q8AndF16StayWithinTolerance) {
   ExportOptions q8;
   q8.quantize_q8_0 = true;
   export_model(hf, dir / "q8.gguf", q8);
-  GgufFile file(dir / "q8.gguf");
-  EXPECT_EQ(file.find("blk.0.attn_q.weight")->type, StoredType::q8_0);
-  EXPECT_EQ(file.find("token_embd.weight")->type, StoredType::q8_0);
-  EXPECT_EQ(file.find("blk.0.attn_norm.weight")->type, StoredType::f32);
+  tensor::GgufFile file(dir / "q8.gguf");
+  EXPECT_EQ(file.find("blk.0.attn_q.weight")->type, tensor::StoredType::q8_0);
+  EXPECT_EQ(file.find("token_embd.weight")->type, tensor::StoredType::q8_0);
+  EXPECT_EQ(file.find("blk.0.attn_norm.weight")->type, tensor::StoredType::f32);
   EXPECT_EQ(file.get_i64("general.file_type"), 7);  // MOSTLY_Q8_0
   CausalLM quantized = load_model(dir / "q8.gguf");
   EXPECT_EQ(stored_dtype(dir / "q8.gguf"), at::kFloat);
@@ -440,7 +440,7 @@ TEST(Export, Q8AndF16StayWithinTolerance) {
   ExportOptions f16;
   f16.dtype = at::kHalf;
   export_model(hf, dir / "f16.gguf", f16);
-  EXPECT_EQ(GgufFile(dir / "f16.gguf").find("blk.0.attn_q.weight")->type, StoredType::f16);
+  EXPECT_EQ(tensor::GgufFile(dir / "f16.gguf").find("blk.0.attn_q.weight")->type, tensor::StoredType::f16);
   EXPECT_EQ(stored_dtype(dir / "f16.gguf"), at::kHalf);
   // Exported again without a dtype, an f16 checkpoint stays f16.
   ExportOptions to_hf;
@@ -464,7 +464,7 @@ TEST(Export, PadsTheVocabularyToTheEmbedding) {
   CausalLM model(config, random_weights(config, 7, at::kFloat, at::kCPU), "padded");
   save_model_hf(model, dir / "hf", tokenizer_files_in(repo_reference() / "tiny-llama-hf"));
   export_model(dir / "hf", dir / "padded.gguf", {});
-  GgufFile file(dir / "padded.gguf");
+  tensor::GgufFile file(dir / "padded.gguf");
   auto tokens = file.get_string_array("tokenizer.ggml.tokens");
   ASSERT_EQ(tokens.size(), 1024u);
   EXPECT_EQ(tokens[1000], "[PAD1000]");
@@ -494,14 +494,14 @@ TEST(Export, CarriesTheChatTemplate) {
   config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}";
   write_file_atomic(dir / "chat" / "tokenizer_config.json", config.dump());
   export_model(dir / "chat", dir / "chat.gguf", {});
-  EXPECT_EQ(GgufFile(dir / "chat.gguf").get_string("tokenizer.chat_template"), config["chat_template"]);
+  EXPECT_EQ(tensor::GgufFile(dir / "chat.gguf").get_string("tokenizer.chat_template"), config["chat_template"]);
   // ... and a tokenizer.json written from GGUF is recognised again as GPT-2's on the way back.
   export_model(repo_reference() / "tiny-gpt2-hf", dir / "g.gguf", {});
   ExportOptions to_hf;
   to_hf.format = ExportFormat::hf;
   export_model(dir / "g.gguf", dir / "g-hf", to_hf);
   export_model(dir / "g-hf", dir / "g2.gguf", {});
-  GgufFile again(dir / "g2.gguf"), first(dir / "g.gguf");
+  tensor::GgufFile again(dir / "g2.gguf"), first(dir / "g.gguf");
   EXPECT_EQ(again.get_string("tokenizer.ggml.pre"), "gpt-2");
   for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.merges"})
     EXPECT_EQ(again.get_string_array(key), first.get_string_array(key)) << key;

@@ -18,9 +18,9 @@
 #include <fstream>
 
 #include "support/temp_dir.h"
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/lm/loader.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "lm/lm_test_support.h"
@@ -176,8 +176,8 @@ TEST(RoundTrip, HuggingFaceSaveLoadGivesIdenticalLogits) {
     EXPECT_EQ(reloaded.fingerprint(), original.fingerprint()) << name;
     EXPECT_TRUE(at::equal(logits_for(original, tokens), logits_for(reloaded, tokens))) << name;
     // Tensor names and layouts are Hugging Face's: the saved file matches the reference file.
-    auto saved = open_safetensors(out / "model.safetensors");
-    auto reference = open_safetensors(repo_reference() / name / "model.safetensors");
+    auto saved = tensor::open_safetensors(out / "model.safetensors");
+    auto reference = tensor::open_safetensors(repo_reference() / name / "model.safetensors");
     for (const auto& info : reference->tensors())
       EXPECT_TRUE(at::equal(saved->load(info.name), reference->load(info.name))) << name << " " << info.name;
   }
@@ -188,8 +188,8 @@ TEST(RoundTrip, Bf16CheckpointStaysBf16) {
   CausalLM model = load_model(repo_reference() / "tiny-llama-hf", at::kBFloat16);
   save_model_hf(model, dir / "bf16");
   EXPECT_EQ(load_config(dir / "bf16").torch_dtype, "bfloat16");
-  auto source = open_safetensors(dir / "bf16");
-  EXPECT_EQ(source->find("model.embed_tokens.weight")->type, StoredType::bf16);
+  auto source = tensor::open_safetensors(dir / "bf16");
+  EXPECT_EQ(source->find("model.embed_tokens.weight")->type, tensor::StoredType::bf16);
   CausalLM reloaded = load_model(dir / "bf16", at::kBFloat16);
   EXPECT_EQ(reloaded.fingerprint(), model.fingerprint());
 }
@@ -198,9 +198,9 @@ TEST(RoundTrip, GgufSaveReproducesLlamaCppLayout) {
   testing::TempDir dir;
   const fs::path original_file = repo_reference() / "tiny-llama.gguf";
   CausalLM original = load_model(original_file);
-  GgufFile original_gguf(original_file);
+  tensor::GgufFile original_gguf(original_file);
   save_model_gguf(original, dir / "copy.gguf", gguf_tokenizer_metadata(original_gguf));
-  GgufFile copy(dir / "copy.gguf");
+  tensor::GgufFile copy(dir / "copy.gguf");
   EXPECT_EQ(copy.architecture(), "llama");
   EXPECT_EQ(copy.get_string_array("tokenizer.ggml.tokens"), original_gguf.get_string_array("tokenizer.ggml.tokens"));
   // Every tensor, the permuted q/k rows included, is what llama.cpp's converter wrote.
@@ -228,9 +228,9 @@ TEST(RoundTrip, Gpt2ToGgufAndQ8) {
   EXPECT_TRUE(at::equal(reference, logits_for(gguf, tokens)));
 
   save_model_gguf(hf, dir / "gpt2-q8.gguf", {}, /*quantize_q8_0=*/true);
-  GgufFile q8(dir / "gpt2-q8.gguf");
-  EXPECT_EQ(q8.find("blk.0.attn_qkv.weight")->type, StoredType::q8_0);
-  EXPECT_EQ(q8.find("blk.0.attn_norm.weight")->type, StoredType::f32);
+  tensor::GgufFile q8(dir / "gpt2-q8.gguf");
+  EXPECT_EQ(q8.find("blk.0.attn_qkv.weight")->type, tensor::StoredType::q8_0);
+  EXPECT_EQ(q8.find("blk.0.attn_norm.weight")->type, tensor::StoredType::f32);
   auto quantized = logits_for(load_model(dir / "gpt2-q8.gguf"), tokens);
   EXPECT_LT(max_abs_diff(reference, quantized), 0.05 * reference.abs().max().item<double>());
 }
@@ -242,11 +242,11 @@ TEST(LoadErrors, MissingTensorAndShapeMismatch) {
   testing::TempDir dir;
   fs::create_directories(dir / "m");
   fs::copy_file(repo_reference() / "tiny-llama-hf" / "config.json", dir / "m" / "config.json");
-  auto source = open_safetensors(repo_reference() / "tiny-llama-hf");
+  auto source = tensor::open_safetensors(repo_reference() / "tiny-llama-hf");
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   for (const auto& info : source->tensors())
     if (info.name != "model.layers.1.mlp.up_proj.weight") tensors.emplace_back(info.name, source->load(info.name));
-  write_safetensors(dir / "m" / "model.safetensors", tensors);
+  tensor::write_safetensors(dir / "m" / "model.safetensors", tensors);
   try {
     load_model(dir / "m");
     FAIL();
@@ -255,7 +255,7 @@ TEST(LoadErrors, MissingTensorAndShapeMismatch) {
     EXPECT_NE(std::string(e.what()).find("model.safetensors"), std::string::npos) << e.what();
   }
   tensors.emplace_back("model.layers.1.mlp.up_proj.weight", at::zeros({176, 63}));
-  write_safetensors(dir / "m" / "model.safetensors", tensors);
+  tensor::write_safetensors(dir / "m" / "model.safetensors", tensors);
   try {
     load_model(dir / "m");
     FAIL();
@@ -280,8 +280,8 @@ TEST(LoadErrors, UnknownArchitecturesAndPaths) {
   std::ofstream(dir / "junk.bin") << "not a model";
   EXPECT_THROW(load_model(dir / "junk.bin"), Error);
 
-  GgufWriter writer;
-  writer.set("general.architecture", GgufValue::string("mamba"));
+  tensor::GgufWriter writer;
+  writer.set("general.architecture", tensor::GgufValue::string("mamba"));
   writer.write(dir / "mamba.gguf");
   try {
     load_model(dir / "mamba.gguf");
@@ -511,7 +511,7 @@ TEST_P(NaiveReference, LoadedCheckpointMatchesFloat64Loops) {
 
   testing::TempDir dir;
   std::ofstream(dir / "config.json") << config.dump(2);
-  write_safetensors(dir / "model.safetensors", {tensors.begin(), tensors.end()});
+  tensor::write_safetensors(dir / "model.safetensors", {tensors.begin(), tensors.end()});
   CausalLM model = load_model(dir.path(), at::kDouble);
   EXPECT_EQ(model.config().tie_word_embeddings, config["tie_word_embeddings"].get<bool>());
   EXPECT_EQ(model.config().qkv_bias, c.qkv_bias);

@@ -36,7 +36,7 @@
 #include "userip/lm/loader.h"
 #include "userip/lm/model_tokenizer.h"
 #include "userip/lm/pretrain.h"
-#include "userip/profile/clustering.h"
+#include "userip/quantize/clustering.h"
 #include "userip/profile/explain.h"
 #include "userip/profile/recovery.h"
 #include "userip/profile/session.h"

@@ -16,7 +16,7 @@
 #include <functional>
 
 #include "support/temp_dir.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/report/report.h"
 #include "userip/util/fs.h"
 
@@ -148,7 +148,7 @@ Fixture make_fixture(const TempDir& dir) {
   }
   dir.write("profiles/users.txt", users);
   dir.write("profiles/codes.csv", codes);
-  lm::write_safetensors(f.profiles / "profiles.safetensors", {{"profiles", fixture_profiles()}});
+  tensor::write_safetensors(f.profiles / "profiles.safetensors", {{"profiles", fixture_profiles()}});
   std::string explanations;
   for (int code = 0; code < 4; ++code) {
     nlohmann::json line = {

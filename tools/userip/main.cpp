@@ -13,8 +13,8 @@
 #include "userip/util/log.h"
 #include "userip/dist/world.h"
 #include "userip/lm/precision.h"
-#include "userip/lm/tensor_memory.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/tensor_memory.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::cli {
 
@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     dist::World::get();
     configure_allocator();
 #if defined(__SANITIZE_ADDRESS__)
-    lm::use_caching_tensor_allocator();  // see its header: ASan has no cache for large blocks
+    tensor::use_caching_tensor_allocator();  // see its header: ASan has no cache for large blocks
 #endif
     int threads = configure_threads(global.threads);
     BlasInfo blas = detect_blas();

@@ -11,7 +11,7 @@
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 #include "userip/util/strings.h"
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 namespace userip::cli {
 

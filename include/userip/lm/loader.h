@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "userip/lm/config.h"
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/lm/model.h"
 
 namespace userip::lm {
@@ -35,7 +35,7 @@ struct CheckpointSummary {
 CheckpointSummary summarize_checkpoint(const std::filesystem::path& path);
 
 // The config a GGUF file describes (general.architecture llama, qwen2 or gpt2).
-ModelConfig config_from_gguf(const GgufFile& file);
+ModelConfig config_from_gguf(const tensor::GgufFile& file);
 
 // Writes config.json and model.safetensors (sharded above `max_shard_bytes`, as transformers
 // does) into `dir`, in the model's dtype, with Hugging Face tensor names and layouts (GPT-2's
@@ -54,10 +54,10 @@ std::vector<std::filesystem::path> tokenizer_files_in(const std::filesystem::pat
 // biases stay f32. `extra_metadata` carries what the model does not know, chiefly the
 // tokenizer.ggml.* keys (see gguf_tokenizer_metadata).
 void save_model_gguf(const CausalLM& model, const std::filesystem::path& file,
-                     const std::vector<std::pair<std::string, GgufValue>>& extra_metadata = {},
+                     const std::vector<std::pair<std::string, tensor::GgufValue>>& extra_metadata = {},
                      bool quantize_q8_0 = false);
 
 // Every tokenizer.* key of a GGUF file, to carry a GGUF model's vocabulary into a new file.
-std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const GgufFile& file);
+std::vector<std::pair<std::string, tensor::GgufValue>> gguf_tokenizer_metadata(const tensor::GgufFile& file);
 
 }  // namespace userip::lm

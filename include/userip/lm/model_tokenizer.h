@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 #include "userip/text/tokenizer.h"
 
 namespace userip::lm {
@@ -35,7 +35,7 @@ std::unique_ptr<text::Tokenizer> load_model_tokenizer(const std::filesystem::pat
 // tokenizes exactly as `tokenizer` does. Throws userip::Error for tokenizers GGUF cannot
 // express (SentencePiece-style BPE from a tokenizer.json without tokenizer.model; byte-level
 // BPE whose pre-tokenizer llama.cpp has no name for).
-std::vector<std::pair<std::string, GgufValue>> gguf_tokenizer_metadata(const text::Tokenizer& tokenizer);
+std::vector<std::pair<std::string, tensor::GgufValue>> gguf_tokenizer_metadata(const text::Tokenizer& tokenizer);
 
 // Writes Hugging Face tokenizer files for `tokenizer` into `dir` (created if needed):
 // SentencePiece -> tokenizer.model; byte-level BPE -> tokenizer.json; both with a

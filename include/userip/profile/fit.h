@@ -25,7 +25,7 @@
 
 #include "userip/data/dataset.h"
 #include "userip/lm/model.h"
-#include "userip/profile/codebook.h"
+#include "userip/quantize/codebook.h"
 #include "userip/profile/samples.h"
 #include "userip/util/option_table.h"
 #include "userip/profile/template.h"
@@ -176,16 +176,12 @@ struct RoundLog {
                             const std::string& source);
 };
 
-// The name of an attribute's codebook level as a code field (codes.csv, the feature bank, the CTR
-// features): the attribute's name for level 0, "NAME.2", "NAME.3", ... for the deeper levels.
-std::string code_field_name(const std::string& attribute, int level);
-
 // What the fitted engine holds: profiles of the users it was fitted on, and codebooks.
 struct Profiles {
   std::vector<std::uint32_t> users;              // dense ids into the dataset, in row order
   std::vector<std::string> user_ids;             // their original ids
   torch::Tensor vectors;                         // [U, P, d] float32 (P = total soft tokens)
-  std::vector<ResidualCodebook> codebooks;       // per attribute (empty when there is no codebook)
+  std::vector<quantize::ResidualCodebook> codebooks;       // per attribute (empty when there is no codebook)
   torch::Tensor codes;                           // [U, A, R] int64 (undefined without codebooks)
   std::vector<AttributeSpec> attributes;
   std::vector<std::int64_t> attribute_offset;    // first soft-token index of each attribute in P

@@ -1,4 +1,4 @@
-#include "userip/profile/clustering.h"
+#include "userip/quantize/clustering.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -13,7 +13,7 @@
 #include "userip/data/synth.h"
 #include "userip/util/random.h"
 
-namespace userip::profile {
+namespace userip::quantize {
 namespace {
 
 using data::FieldKind;
@@ -209,4 +209,4 @@ TEST(CategoryHistogramsTest, SyntheticWorldRowsSumToOneAndMatchAManualCount) {
 }
 
 }  // namespace
-}  // namespace userip::profile
+}  // namespace userip::quantize

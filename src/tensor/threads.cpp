@@ -1,4 +1,4 @@
-#include "userip/lm/threads.h"
+#include "userip/tensor/threads.h"
 
 #include <atomic>
 #include <ATen/Parallel.h>

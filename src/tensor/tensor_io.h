@@ -7,10 +7,10 @@
 #include <string_view>
 #include <vector>
 
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/fs.h"
 
-namespace userip::lm::detail {
+namespace userip::tensor::detail {
 
 // The bytes of one checkpoint file: a read-only mapping, or bytes held in memory (tests and
 // fuzzing parse without touching the disk).
@@ -62,4 +62,4 @@ std::string shape_text(const std::vector<std::int64_t>& shape);
 // long names shortened (a corrupt file can hold megabytes of garbage in a name).
 std::string shown(std::string_view text, std::size_t max_chars = 200);
 
-}  // namespace userip::lm::detail
+}  // namespace userip::tensor::detail

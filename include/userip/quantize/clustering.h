@@ -10,7 +10,7 @@
 
 #include "userip/data/dataset.h"
 
-namespace userip::profile {
+namespace userip::quantize {
 
 struct KMeansResult {
   torch::Tensor centroids;                // [k, dim] float32 on x's device
@@ -51,4 +51,4 @@ UserHistograms category_histograms(const data::SplitView& view, const std::vecto
 UserHistograms category_histograms_with_columns(const data::SplitView& view, const std::vector<std::uint32_t>& users,
                                                 const std::string& field, const std::vector<std::string>& columns);
 
-}  // namespace userip::profile
+}  // namespace userip::quantize

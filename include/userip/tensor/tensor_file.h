@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-namespace userip::lm {
+namespace userip::tensor {
 
 // Element types as stored on disk (GGUF has more; these are the ones the project reads).
 // `other` is a type the file format knows but this project cannot convert (GGUF Q4_K,
@@ -127,4 +127,4 @@ std::vector<std::filesystem::path> write_safetensors_sharded(
     const std::filesystem::path& dir, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
     std::uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata = {});
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

@@ -1,5 +1,5 @@
-// Thread settings for ATen and the BLAS beneath it (userip/lm/threads.h).
-#include "userip/lm/threads.h"
+// Thread settings for ATen and the BLAS beneath it (userip/tensor/threads.h).
+#include "userip/tensor/threads.h"
 
 #include <gtest/gtest.h>
 

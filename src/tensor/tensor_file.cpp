@@ -1,12 +1,12 @@
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstring>
 
-#include "lm/tensor_io.h"
-#include "userip/lm/gguf.h"
+#include "tensor/tensor_io.h"
+#include "userip/tensor/gguf.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
@@ -14,7 +14,7 @@
 // Both formats are little-endian and the readers hand mapped bytes straight to torch.
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "checkpoint I/O assumes a little-endian host");
 
-namespace userip::lm {
+namespace userip::tensor {
 
 namespace {
 constexpr EnumName<StoredType> kStoredTypeNames[] = {
@@ -241,4 +241,4 @@ torch::Tensor materialize(const ByteBuffer& buffer, const TensorInfo& info, torc
 }
 
 }  // namespace detail
-}  // namespace userip::lm
+}  // namespace userip::tensor

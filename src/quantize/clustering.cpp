@@ -1,4 +1,4 @@
-#include "userip/profile/clustering.h"
+#include "userip/quantize/clustering.h"
 
 #include <ATen/ATen.h>
 #include <torch/types.h>
@@ -10,12 +10,12 @@
 #include <unordered_map>
 #include <utility>
 
-#include "userip/profile/codebook.h"
+#include "userip/quantize/codebook.h"
 #include "userip/util/error.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
 
-namespace userip::profile {
+namespace userip::quantize {
 namespace {
 
 struct LloydRun {
@@ -198,4 +198,4 @@ UserHistograms category_histograms_with_columns(const data::SplitView& view, con
   return fill_histograms(view, users, field, values, columns);
 }
 
-}  // namespace userip::profile
+}  // namespace userip::quantize

@@ -13,9 +13,9 @@
 #include <variant>
 #include <vector>
 
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 
 // GGUF metadata value types, numbered as in the file.
 enum class GgufType : std::uint32_t {
@@ -159,4 +159,4 @@ class GgufWriter {
 std::vector<std::uint8_t> quantize_q8_0(const float* values, std::int64_t count);
 void dequantize_q8_0(const std::uint8_t* blocks, std::int64_t count, float* out);
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

@@ -1,6 +1,6 @@
 // GGUF reading and writing: files assembled byte by byte here (independently of GgufWriter), writer
 // round trips, Q8_0 arithmetic, llama.cpp's own files from ../shared/reference, and corruption.
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 
 #include <gtest/gtest.h>
 
@@ -8,11 +8,12 @@
 #include <cstring>
 #include <random>
 
+#include "support/reference_dirs.h"
 #include "support/temp_dir.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 namespace {
 
 using userip::testing::TempDir;
@@ -54,10 +55,10 @@ struct Builder {
   }
 };
 
-std::unique_ptr<GgufFile> parse(const std::string& bytes) { return GgufFile::from_bytes(bytes, "corrupt.gguf"); }
+std::unique_ptr<GgufFile> parse_gguf(const std::string& bytes) { return GgufFile::from_bytes(bytes, "corrupt.gguf"); }
 
-std::string reference_dir() { return USERIP_SOURCE_DIR "/tests/data/reference"; }
-std::string shared_reference_dir() { return USERIP_SOURCE_DIR "/../shared/reference"; }
+using testing::reference_dir;
+using testing::shared_reference_dir;
 
 TEST(Gguf, ReadsHandAssembledVersion2File) {
   Builder b;
@@ -74,7 +75,7 @@ TEST(Gguf, ReadsHandAssembledVersion2File) {
   b.floats({1, 2, 3, 4, 5, 6}).pad();
   for (float x : {0.5f, -1.0f, 2.0f, 65504.0f}) b.put<std::uint16_t>(c10::Half(x).x);
 
-  auto f = parse(b.bytes);
+  auto f = parse_gguf(b.bytes);
   EXPECT_EQ(f->version(), 2u);
   EXPECT_EQ(f->architecture(), "llama");
   EXPECT_EQ(f->data_offset(), data);
@@ -276,7 +277,7 @@ TEST(Gguf, UnsupportedTypeFailsAtLoadNamingTheType) {
   b.header(3, 2, 0).tensor("k", {256}, 12, 0).tensor("f", {1}, 0, 160).pad();
   b.bytes.append(144, '\0');
   b.pad().floats({4.0f});
-  auto f = parse(b.bytes);
+  auto f = parse_gguf(b.bytes);
   EXPECT_EQ(f->find("k")->type, StoredType::other);
   EXPECT_EQ(f->find("k")->type_name, "Q4_K");
   expect_error([&] { f->load("k"); }, {"corrupt.gguf", "'k'", "Q4_K"});
@@ -284,39 +285,39 @@ TEST(Gguf, UnsupportedTypeFailsAtLoadNamingTheType) {
 }
 
 TEST(Gguf, CorruptFilesAreRefused) {
-  expect_error([&] { parse(""); }, {"corrupt.gguf", "not a GGUF file"});
-  expect_error([&] { parse("GGML\x03\0\0\0"); }, {"corrupt.gguf", "not a GGUF file", "47 47 4d 4c"});
-  expect_error([&] { parse(Builder().header(1, 0, 0).bytes); }, {"corrupt.gguf", "version 1"});
-  expect_error([&] { parse(Builder().header(4, 0, 0).bytes); }, {"corrupt.gguf", "version 4"});
-  expect_error([&] { parse(Builder().header(0x03000000, 0, 0).bytes); }, {"corrupt.gguf", "big-endian"});
-  expect_error([&] { parse(std::string("GGUF\x03\0\0\0", 8)); }, {"corrupt.gguf", "tensor count", "truncated"});
+  expect_error([&] { parse_gguf(""); }, {"corrupt.gguf", "not a GGUF file"});
+  expect_error([&] { parse_gguf("GGML\x03\0\0\0"); }, {"corrupt.gguf", "not a GGUF file", "47 47 4d 4c"});
+  expect_error([&] { parse_gguf(Builder().header(1, 0, 0).bytes); }, {"corrupt.gguf", "version 1"});
+  expect_error([&] { parse_gguf(Builder().header(4, 0, 0).bytes); }, {"corrupt.gguf", "version 4"});
+  expect_error([&] { parse_gguf(Builder().header(0x03000000, 0, 0).bytes); }, {"corrupt.gguf", "big-endian"});
+  expect_error([&] { parse_gguf(std::string("GGUF\x03\0\0\0", 8)); }, {"corrupt.gguf", "tensor count", "truncated"});
   // Absurd counts and lengths are refused before anything is allocated for them.
-  expect_error([&] { parse(Builder().header(3, 0, 1ull << 60).bytes); }, {"corrupt.gguf", "metadata count"});
-  expect_error([&] { parse(Builder().header(3, 1ull << 60, 0).bytes); }, {"corrupt.gguf", "tensor count"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).u64(1ull << 62).u64(0).u64(0).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1ull << 60).bytes); }, {"corrupt.gguf", "metadata count"});
+  expect_error([&] { parse_gguf(Builder().header(3, 1ull << 60, 0).bytes); }, {"corrupt.gguf", "tensor count"});
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).u64(1ull << 62).u64(0).u64(0).bytes); },
                {"corrupt.gguf", "string of"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("k").u32(8).u64(~0ull).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("k").u32(8).u64(~0ull).bytes); },
                {"corrupt.gguf", "'k'", "string of"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("arr").u32(9).u32(8).u64(1ull << 61).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("arr").u32(9).u32(8).u64(1ull << 61).bytes); },
                {"corrupt.gguf", "'arr'", "array elements"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("arr").u32(9).u32(4).u64(3).u32(1).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("arr").u32(9).u32(4).u64(3).u32(1).bytes); },
                {"corrupt.gguf", "'arr'"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("k").u32(13).u32(0).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("k").u32(13).u32(0).bytes); },
                {"corrupt.gguf", "'k'", "unknown value type 13"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("arr").u32(9).u32(77).u64(0).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("arr").u32(9).u32(77).u64(0).bytes); },
                {"corrupt.gguf", "'arr'", "unknown value type 77"});
   {
     Builder nest;
     nest.header(3, 0, 1).str("deep").u32(9);
     for (int i = 0; i < 10; ++i) nest.u32(9).u64(1);
     nest.u32(4).u64(0);
-    expect_error([&] { parse(nest.bytes); }, {"corrupt.gguf", "'deep'", "nests arrays"});
+    expect_error([&] { parse_gguf(nest.bytes); }, {"corrupt.gguf", "'deep'", "nests arrays"});
   }
-  expect_error([&] { parse(Builder().header(3, 0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 2).str("k").u32(4).u32(1).str("k").u32(4).u32(2).bytes); },
                {"corrupt.gguf", "'k'", "twice"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("general.alignment").u32(4).u32(24).bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("general.alignment").u32(4).u32(24).bytes); },
                {"corrupt.gguf", "general.alignment", "power of two"});
-  expect_error([&] { parse(Builder().header(3, 0, 1).str("general.alignment").u32(8).str("32").bytes); },
+  expect_error([&] { parse_gguf(Builder().header(3, 0, 1).str("general.alignment").u32(8).str("32").bytes); },
                {"corrupt.gguf", "general.alignment"});
   // Tensor infos.
   auto one_tensor = [](std::vector<std::uint64_t> dims, std::uint32_t type, std::uint64_t offset, std::size_t data) {
@@ -325,32 +326,32 @@ TEST(Gguf, CorruptFilesAreRefused) {
     b.bytes.append(data, '\0');
     return b.bytes;
   };
-  EXPECT_NO_THROW(parse(one_tensor({4, 2}, 0, 0, 32)));
-  expect_error([&] { parse(one_tensor({4, 2}, 0, 0, 31)); }, {"corrupt.gguf", "'w'", "past the end"});
-  expect_error([&] { parse(one_tensor({4, 2}, 0, 32, 32)); }, {"corrupt.gguf", "'w'", "past the end"});
-  expect_error([&] { parse(one_tensor({4, 2}, 0, 4, 64)); }, {"corrupt.gguf", "'w'", "alignment"});
-  expect_error([&] { parse(one_tensor({4, 2}, 99, 0, 64)); }, {"corrupt.gguf", "'w'", "unknown ggml type 99"});
-  expect_error([&] { parse(one_tensor({1, 1, 1, 1, 1}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "5 dimensions"});
-  expect_error([&] { parse(one_tensor({1ull << 62, 1ull << 62}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "overflows"});
-  expect_error([&] { parse(one_tensor({1ull << 30, 1ull << 20}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "past the end"});
+  EXPECT_NO_THROW(parse_gguf(one_tensor({4, 2}, 0, 0, 32)));
+  expect_error([&] { parse_gguf(one_tensor({4, 2}, 0, 0, 31)); }, {"corrupt.gguf", "'w'", "past the end"});
+  expect_error([&] { parse_gguf(one_tensor({4, 2}, 0, 32, 32)); }, {"corrupt.gguf", "'w'", "past the end"});
+  expect_error([&] { parse_gguf(one_tensor({4, 2}, 0, 4, 64)); }, {"corrupt.gguf", "'w'", "alignment"});
+  expect_error([&] { parse_gguf(one_tensor({4, 2}, 99, 0, 64)); }, {"corrupt.gguf", "'w'", "unknown ggml type 99"});
+  expect_error([&] { parse_gguf(one_tensor({1, 1, 1, 1, 1}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "5 dimensions"});
+  expect_error([&] { parse_gguf(one_tensor({1ull << 62, 1ull << 62}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "overflows"});
+  expect_error([&] { parse_gguf(one_tensor({1ull << 30, 1ull << 20}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "past the end"});
   // No elements, but torch cannot represent the shape (found by fuzzing).
-  expect_error([&] { parse(one_tensor({0, 1ull << 40, 1ull << 40}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "overflows"});
-  expect_error([&] { parse(one_tensor({~0ull}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "dimension"});
-  expect_error([&] { parse(one_tensor({33}, 8, 0, 64)); }, {"corrupt.gguf", "'w'", "Q8_0", "block of 32"});
+  expect_error([&] { parse_gguf(one_tensor({0, 1ull << 40, 1ull << 40}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "overflows"});
+  expect_error([&] { parse_gguf(one_tensor({~0ull}, 0, 0, 64)); }, {"corrupt.gguf", "'w'", "dimension"});
+  expect_error([&] { parse_gguf(one_tensor({33}, 8, 0, 64)); }, {"corrupt.gguf", "'w'", "Q8_0", "block of 32"});
   {
     Builder b;
     b.header(3, 2, 0).tensor("a", {16}, 0, 0).tensor("b", {8}, 0, 32).pad();
     b.bytes.append(96, '\0');
-    expect_error([&] { parse(b.bytes); }, {"corrupt.gguf", "'a'", "'b'", "overlap"});
+    expect_error([&] { parse_gguf(b.bytes); }, {"corrupt.gguf", "'a'", "'b'", "overlap"});
   }
   {
     Builder b;
     b.header(3, 2, 0).tensor("a", {4}, 0, 0).tensor("a", {4}, 0, 32).pad();
     b.bytes.append(64, '\0');
-    expect_error([&] { parse(b.bytes); }, {"corrupt.gguf", "'a'", "twice"});
+    expect_error([&] { parse_gguf(b.bytes); }, {"corrupt.gguf", "'a'", "twice"});
   }
   {
-    auto f = parse(one_tensor({4, 2}, 0, 0, 32));
+    auto f = parse_gguf(one_tensor({4, 2}, 0, 0, 32));
     expect_error([&] { f->load("nope"); }, {"corrupt.gguf", "'nope'"});
   }
 }
@@ -503,4 +504,4 @@ TEST(Gguf, SameTensorsThroughBothFormats) {
 }
 
 }  // namespace
-}  // namespace userip::lm
+}  // namespace userip::tensor

@@ -1,4 +1,4 @@
-#include "userip/lm/tensor_memory.h"
+#include "userip/tensor/tensor_memory.h"
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
@@ -28,7 +28,7 @@
 #define USERIP_ALLOCATE_CONST const
 #endif
 
-namespace userip::lm {
+namespace userip::tensor {
 namespace {
 
 constexpr std::size_t kAlignment = 64;                 // c10's alignment for CPU tensors
@@ -117,4 +117,4 @@ void use_caching_tensor_allocator() {
   c10::SetCPUAllocator(&CachingTensorAllocator::instance(), /*priority=*/1);
 }
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

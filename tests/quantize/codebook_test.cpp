@@ -1,4 +1,4 @@
-#include "userip/profile/codebook.h"
+#include "userip/quantize/codebook.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -10,10 +10,10 @@
 #include <vector>
 
 #include "support/temp_dir.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/random.h"
 
-namespace userip::profile {
+namespace userip::quantize {
 namespace {
 
 using userip::testing::expect_error;
@@ -510,9 +510,9 @@ TEST(ResidualCodebookTest, SaveAndLoadRoundTripThroughSafetensors) {
   EXPECT_EQ(tensors[0].first, "codebook.taste.level0");
   EXPECT_EQ(tensors[2].first, "codebook.taste.level2");
   tensors.emplace_back("codebook.background.level0", torch::zeros({2, 5}));
-  lm::write_safetensors(dir / "codebooks.safetensors", tensors);
+  tensor::write_safetensors(dir / "codebooks.safetensors", tensors);
 
-  const auto source = lm::open_safetensors(dir / "codebooks.safetensors");
+  const auto source = tensor::open_safetensors(dir / "codebooks.safetensors");
   const auto loaded = ResidualCodebook::from_source(*source, "codebook.taste");
   EXPECT_EQ(loaded.dim(), 5);
   EXPECT_EQ(loaded.codes(), 7);
@@ -580,5 +580,5 @@ TEST(CodeUsageTest, PerplexityCountsAndDeadCodes) {
 }
 
 }  // namespace
-}  // namespace userip::profile
+}  // namespace userip::quantize
 

@@ -1,7 +1,7 @@
 #pragma once
 // Tensor memory in sanitizer builds.
 
-namespace userip::lm {
+namespace userip::tensor {
 
 // Makes libtorch's CPU tensors come from a cache of freed blocks (size classes of powers of two)
 // instead of malloc. For AddressSanitizer builds only: the CLI and the test programs call it when
@@ -18,4 +18,4 @@ namespace userip::lm {
 // end is reported too. Calling it twice is harmless.
 void use_caching_tensor_allocator();
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

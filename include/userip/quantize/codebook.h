@@ -15,11 +15,11 @@
 
 #include "userip/util/random.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 class TensorSource;
 }
 
-namespace userip::profile {
+namespace userip::quantize {
 
 class ResidualCodebook {
  public:
@@ -106,15 +106,15 @@ class ResidualCodebook {
   std::string fingerprint() const;
 
   // Appends "<prefix>.level<r>" (r = 0 .. levels-1, the codes' column index) as CPU float32
-  // [codes, dim] tensors, ready for lm::write_safetensors.
+  // [codes, dim] tensors, ready for tensor::write_safetensors.
   void save(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& prefix) const;
   // The codebook saved under `prefix`: "<prefix>.level0", "<prefix>.level1", ... (consecutive,
   // at least level0). Throws naming the tensor when one is missing, not 2-D, not floating point,
   // or shaped unlike level0. Tensors are converted to float32 and kept on their device.
   static ResidualCodebook from_tensors(const std::map<std::string, torch::Tensor>& tensors,
                                        const std::string& prefix);
-  // The same, reading from a checkpoint file (lm::open_safetensors) onto `device`.
-  static ResidualCodebook from_source(const lm::TensorSource& source, const std::string& prefix,
+  // The same, reading from a checkpoint file (tensor::open_safetensors) onto `device`.
+  static ResidualCodebook from_source(const tensor::TensorSource& source, const std::string& prefix,
                                       torch::Device device = torch::kCPU);
 
  private:
@@ -169,4 +169,8 @@ struct PrincipalDirection {
 };
 PrincipalDirection principal_direction(const torch::Tensor& rows);
 
-}  // namespace userip::profile
+// The name of an attribute's codebook level as a code field (codes.csv, the feature bank, the CTR
+// features): the attribute's name for level 0, "NAME.2", "NAME.3", ... for the deeper levels.
+std::string code_field_name(const std::string& attribute, int level);
+
+}  // namespace userip::quantize

@@ -10,12 +10,12 @@
 #include <set>
 #include <unordered_map>
 
-#include "lm/tensor_io.h"
-#include "userip/lm/tensor_file.h"
+#include "tensor/tensor_io.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 
 namespace {
 
@@ -521,4 +521,4 @@ std::vector<fs::path> write_safetensors_sharded(const fs::path& dir,
   return write_safetensors_sharded(dir, specs_of(tensors), producer_of(tensors), max_shard_bytes, metadata);
 }
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

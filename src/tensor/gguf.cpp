@@ -1,9 +1,12 @@
+// Reader and writer in one file (about 940 lines): both follow the type table (GgmlType) and the
+// alignment rules below, and a change to one must be seen against the other.
+//
 // GGUF layout (little-endian): "GGUF", u32 version, u64 tensor count, u64 metadata count; the
 // metadata as (string key, u32 type, value); per tensor (string name, u32 n_dims, u64 dims
 // fastest-first, u32 ggml type, u64 offset relative to the data section); padding to the
 // alignment; the data section. Strings are u64 length + bytes. Every count and length read from
 // the file is checked against the bytes that remain before anything is allocated for it.
-#include "userip/lm/gguf.h"
+#include "userip/tensor/gguf.h"
 
 #include <c10/util/Half.h>
 
@@ -14,12 +17,12 @@
 #include <limits>
 #include <numeric>
 
-#include "lm/tensor_io.h"
+#include "tensor/tensor_io.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/strings.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 
 namespace {
 
@@ -936,4 +939,4 @@ void GgufWriter::write(const fs::path& path) const {
   out.commit();
 }
 
-}  // namespace userip::lm
+}  // namespace userip::tensor

@@ -7,12 +7,13 @@
 #include <fstream>
 #include <random>
 
+#include "support/reference_dirs.h"
 #include "support/temp_dir.h"
-#include "userip/lm/tensor_file.h"
+#include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
 
-namespace userip::lm {
+namespace userip::tensor {
 namespace {
 
 using userip::testing::TempDir;
@@ -31,12 +32,12 @@ std::string floats_bytes(const std::vector<float>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
 }
 
-std::unique_ptr<SafetensorsSource> parse(const std::string& bytes) {
+std::unique_ptr<SafetensorsSource> parse_safetensors(const std::string& bytes) {
   return SafetensorsSource::from_bytes(bytes, "corrupt.safetensors");
 }
 
-std::string reference_dir() { return USERIP_SOURCE_DIR "/tests/data/reference"; }
-std::string shared_reference_dir() { return USERIP_SOURCE_DIR "/../shared/reference"; }
+using testing::reference_dir;
+using testing::shared_reference_dir;
 
 TEST(Safetensors, ReadsHandAssembledFile) {
   // Two tensors laid out by hand, header deliberately not padded (the data starts unaligned).
@@ -45,7 +46,7 @@ TEST(Safetensors, ReadsHandAssembledFile) {
   std::int32_t ints[2] = {7, -9};
   std::string data(reinterpret_cast<const char*>(ints), 8);
   data += floats_bytes({1.5f, -2.25f, 3.0f});
-  auto source = parse(raw_file(header, data));
+  auto source = parse_safetensors(raw_file(header, data));
   ASSERT_EQ(source->tensors().size(), 2u);
   EXPECT_EQ(source->metadata().at("k"), "v");
   auto b = source->load("b");
@@ -236,62 +237,62 @@ TEST(Safetensors, CorruptHeadersAreRefused) {
     return "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":" + shape + ",\"data_offsets\":" + offsets + "}";
   };
   // Too short, length past the end, absurd length.
-  expect_error([&] { parse(""); }, {"corrupt.safetensors", "too short"});
-  expect_error([&] { parse(std::string(5, '\0')); }, {"corrupt.safetensors", "too short"});
-  expect_error([&] { parse(raw_file("{}", "", 1000)); }, {"corrupt.safetensors", "header length 1000", "past the end"});
-  expect_error([&] { parse(raw_file("{}", "", ~0ull)); }, {"corrupt.safetensors", "past the end"});
+  expect_error([&] { parse_safetensors(""); }, {"corrupt.safetensors", "too short"});
+  expect_error([&] { parse_safetensors(std::string(5, '\0')); }, {"corrupt.safetensors", "too short"});
+  expect_error([&] { parse_safetensors(raw_file("{}", "", 1000)); }, {"corrupt.safetensors", "header length 1000", "past the end"});
+  expect_error([&] { parse_safetensors(raw_file("{}", "", ~0ull)); }, {"corrupt.safetensors", "past the end"});
   // Not JSON / not an object / not UTF-8 / duplicate keys.
-  expect_error([&] { parse(raw_file("GGUF", "")); }, {"corrupt.safetensors", "does not start with"});
-  expect_error([&] { parse(raw_file("{\"a\":", "")); }, {"corrupt.safetensors", "not valid JSON"});
-  expect_error([&] { parse(raw_file("{\"a\xff\":1}", "")); }, {"corrupt.safetensors", "UTF-8"});
+  expect_error([&] { parse_safetensors(raw_file("GGUF", "")); }, {"corrupt.safetensors", "does not start with"});
+  expect_error([&] { parse_safetensors(raw_file("{\"a\":", "")); }, {"corrupt.safetensors", "not valid JSON"});
+  expect_error([&] { parse_safetensors(raw_file("{\"a\xff\":1}", "")); }, {"corrupt.safetensors", "UTF-8"});
   expect_error(
       [&] {
-        parse(raw_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[0,4]") + "}", one));
+        parse_safetensors(raw_file("{" + entry("w", "F32", "[1]", "[0,4]") + "," + entry("w", "F32", "[1]", "[0,4]") + "}", one));
       },
       {"corrupt.safetensors", "'w' twice"});
   // Entries that lie about their data.
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[1]", "[0,8]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[1]", "[0,8]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "past the end"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[1]", "[4,0]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[1]", "[4,0]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "end before"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F16", "[1]", "[0,4]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F16", "[1]", "[0,4]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "needs 2 bytes", "span 4"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[2]", "[0,4]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[2]", "[0,4]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "needs 8 bytes"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[-1]", "[0,4]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[-1]", "[0,4]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "shape"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[1.5]", "[0,4]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[1.5]", "[0,4]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "shape"});
   expect_error(
       [&] {
-        parse(raw_file("{" + entry("w", "F32", "[4611686018427387904,4611686018427387904]", "[0,4]") + "}", one));
+        parse_safetensors(raw_file("{" + entry("w", "F32", "[4611686018427387904,4611686018427387904]", "[0,4]") + "}", one));
       },
       {"corrupt.safetensors", "'w'", "too large"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F32", "[0,4611686018427387904,4]", "[0,0]") + "}", "")); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F32", "[0,4611686018427387904,4]", "[0,0]") + "}", "")); },
                {"corrupt.safetensors", "'w'", "too large"});
-  expect_error([&] { parse(raw_file("{" + entry("w", "F7", "[1]", "[0,4]") + "}", one)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("w", "F7", "[1]", "[0,4]") + "}", one)); },
                {"corrupt.safetensors", "'w'", "unknown dtype 'F7'"});
-  expect_error([&] { parse(raw_file(R"({"w":{"dtype":"F32","shape":[1]}})", one)); },
+  expect_error([&] { parse_safetensors(raw_file(R"({"w":{"dtype":"F32","shape":[1]}})", one)); },
                {"corrupt.safetensors", "'w'", "data_offsets"});
-  expect_error([&] { parse(raw_file(R"({"w":[1,2]})", one)); }, {"corrupt.safetensors", "'w'", "not a JSON object"});
-  expect_error([&] { parse(raw_file(R"({"__metadata__":{"a":1}})", "")); },
+  expect_error([&] { parse_safetensors(raw_file(R"({"w":[1,2]})", one)); }, {"corrupt.safetensors", "'w'", "not a JSON object"});
+  expect_error([&] { parse_safetensors(raw_file(R"({"__metadata__":{"a":1}})", "")); },
                {"corrupt.safetensors", "__metadata__", "'a'"});
   // Overlap, holes and trailing bytes.
   const std::string two = floats_bytes({1.0f, 2.0f});
   expect_error(
       [&] {
-        parse(raw_file("{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "F32", "[1]", "[4,8]") + "}", two));
+        parse_safetensors(raw_file("{" + entry("a", "F32", "[2]", "[0,8]") + "," + entry("b", "F32", "[1]", "[4,8]") + "}", two));
       },
       {"corrupt.safetensors", "'a'", "'b'", "overlap"});
-  expect_error([&] { parse(raw_file("{" + entry("b", "F32", "[1]", "[4,8]") + "}", two)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("b", "F32", "[1]", "[4,8]") + "}", two)); },
                {"corrupt.safetensors", "'b'", "belong to no tensor"});
-  expect_error([&] { parse(raw_file("{" + entry("a", "F32", "[1]", "[0,4]") + "}", two)); },
+  expect_error([&] { parse_safetensors(raw_file("{" + entry("a", "F32", "[1]", "[0,4]") + "}", two)); },
                {"corrupt.safetensors", "4 bytes after"});
 }
 
 TEST(Safetensors, UnsupportedDtypeFailsOnlyAtLoad) {
   auto source =
-      parse(raw_file(R"({"mask":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x00", 2)));
+      parse_safetensors(raw_file(R"({"mask":{"dtype":"BOOL","shape":[2],"data_offsets":[0,2]}})", std::string("\x01\x00", 2)));
   EXPECT_EQ(source->find("mask")->type, StoredType::other);
   expect_error([&] { source->load("mask"); }, {"corrupt.safetensors", "'mask'", "BOOL"});
   expect_error([&] { source->load("nope"); }, {"corrupt.safetensors", "'nope'"});
@@ -355,4 +356,4 @@ TEST(Safetensors, ReferenceGpt2Checkpoint) {
 }
 
 }  // namespace
-}  // namespace userip::lm
+}  // namespace userip::tensor
