@@ -19,6 +19,7 @@
 #include "userip/util/allocator.h"
 #include "userip/util/log.h"
 #include "userip/tensor/threads.h"
+#include "support/bench_main.h"
 
 namespace {
 
@@ -199,12 +200,4 @@ BENCHMARK(BM_DcnAdamStep)
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  userip::log_init("warn");
-  userip::configure_allocator();  // as the CLI does
-  const char* threads = std::getenv("USERIP_BENCH_THREADS");
-  userip::configure_threads(threads ? std::atoi(threads) : 0);
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  return 0;
-}
+int main(int argc, char** argv) { return userip::bench::run_benchmarks(argc, argv); }

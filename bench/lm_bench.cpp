@@ -18,6 +18,7 @@
 #include "userip/util/log.h"
 #include "userip/util/random.h"
 #include "userip/tensor/threads.h"
+#include "support/bench_main.h"
 
 namespace {
 
@@ -179,12 +180,4 @@ BENCHMARK(BM_ForwardBackward_llama_1b_bf16)->ArgName("aten1")->Arg(1)->Unit(benc
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  userip::log_init("warn");
-  userip::configure_allocator();  // as the CLI does
-  const char* threads = std::getenv("USERIP_BENCH_THREADS");
-  userip::configure_threads(threads ? std::atoi(threads) : 0);
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  return 0;
-}
+int main(int argc, char** argv) { return userip::bench::run_benchmarks(argc, argv); }

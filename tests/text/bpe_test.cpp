@@ -13,11 +13,6 @@
 namespace userip::text {
 namespace {
 
-using nlohmann::json;
-using testing::TempDir;
-using testing::text::fixtures;
-using testing::text::model_dir;
-using testing::text::read_json;
 using Strings = std::vector<std::string>;
 
 const BpeTokenizer& gpt2() {

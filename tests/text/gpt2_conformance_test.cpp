@@ -14,7 +14,6 @@ namespace userip::text {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using namespace testing::text;
 
 fs::path encoder_package() {

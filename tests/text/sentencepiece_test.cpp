@@ -15,8 +15,6 @@ namespace userip::text {
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
-using testing::TempDir;
 using namespace testing::text;
 using Ids = std::vector<std::int32_t>;
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.h"
 #include "userip/util/fs.h"
 #include "userip/util/random.h"
 #include "userip/util/strings.h"
@@ -347,3 +348,12 @@ inline std::vector<std::string> conformance_corpus(std::size_t count, std::uint6
 }
 
 }  // namespace userip::testing::text
+
+// The names every text test uses, so that each test file need not repeat them.
+namespace userip::text {
+using nlohmann::json;
+using testing::TempDir;
+using testing::text::fixtures;
+using testing::text::model_dir;
+using testing::text::read_json;
+}  // namespace userip::text
