@@ -11,7 +11,17 @@ find_package(SQLite3 REQUIRED)
 # libtorch's libprotobuf; its spm_train / spm_encode tools are run as programs instead.
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
-# serve: cpp-httplib, which Debian ships compiled (libcpp-httplib.so) with its CMake-less .pc file.
+# serve: libmicrohttpd's event loops. Found by file, not pkg-config: its .pc file requires gnutls's,
+# which the GPU machine's dependency folder (scripts/gpu_deps.sh) does not carry.
+find_path(MICROHTTPD_INCLUDE_DIR microhttpd.h)
+find_library(MICROHTTPD_LIBRARY microhttpd)
+if(NOT MICROHTTPD_INCLUDE_DIR OR NOT MICROHTTPD_LIBRARY)
+  message(FATAL_ERROR "libmicrohttpd not found (Debian: libmicrohttpd-dev; scripts/setup.sh installs it)")
+endif()
+add_library(userip_microhttpd INTERFACE IMPORTED)
+set_target_properties(userip_microhttpd PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${MICROHTTPD_INCLUDE_DIR}"
+                                                   INTERFACE_LINK_LIBRARIES "${MICROHTTPD_LIBRARY}")
+# The server tests' HTTP client: cpp-httplib, which Debian ships compiled with a CMake-less .pc file.
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 # libtorch: Debian's CPU build (1.13) by default; a CUDA libtorch 2.x from a PyTorch wheel is

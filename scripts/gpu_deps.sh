@@ -14,6 +14,7 @@ packages=(
   nlohmann-json3-dev libcli11-dev
   libfmt-dev libfmt9 libspdlog-dev libspdlog1.10
   libsqlite3-dev libsqlite3-0 libpcre2-dev libpcre2-8-0
+  libmicrohttpd-dev libmicrohttpd12
   libcpp-httplib-dev libcpp-httplib0.11 libbrotli1 libbrotli-dev zlib1g-dev libssl-dev
   libbenchmark-dev libbenchmark1debian
   pkgconf pkgconf-bin libpkgconf3

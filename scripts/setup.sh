@@ -33,7 +33,7 @@ packages=(
   libtorch-dev libopenblas0-pthread libopenblas-pthread-dev
   libfaiss-dev libsentencepiece-dev sentencepiece libpcre2-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  libsqlite3-dev sqlite3 libcpp-httplib-dev libgloo-dev
+  libsqlite3-dev sqlite3 libmicrohttpd-dev libcpp-httplib-dev libgloo-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   r-base-core r-cran-dslabs
   chromium fonts-dejavu-core

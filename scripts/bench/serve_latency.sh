@@ -7,7 +7,7 @@
 #
 #   scripts/bench/serve_latency.sh [--run-dir DIR] [--out DIR] [--duration S] [--rates "R1 R2 ..."]
 #                                  [--connections C] [--workers W] [--candidates "1 100"] [--fold-in]
-#                                  [--userip PATH] [--compare R]
+#                                  [--userip PATH] [--compare R] [--port P]
 #
 # --compare R: instead of the sweep, run the base and codes servers side by side (two ports) and
 # alternate 100-candidate measurements at 1,000 requests/s between them R times, then print the
@@ -18,14 +18,17 @@
 # lm/ and profiles/. The two models are trained once into --out (default /tmp/userip-serve-bench;
 # derived from MovieLens, so never inside the repository) and reused. Fixed rates are offered by C
 # connections (default 16) each waiting 1000*C/R ms between requests; saturation uses C connections
-# with no wait. One line per measurement goes to OUT/results.tsv and the terminal.
+# with no wait. One line per measurement goes to OUT/results.tsv and the terminal. --workers is the
+# server's event loops (default: its own, one per core). --port (default 18931; --compare also uses
+# the next one) lets two binaries be measured in turn without waiting for the first one's TIME_WAIT
+# connections to expire.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 USERIP="${USERIP:-$root/build/bin/userip}"
 run_dir="$root/runs/movielens" out=/tmp/userip-serve-bench duration=20 rates="200 500 1000"
-connections=16 workers=32 candidates="1 100" fold_in=0 compare=0
+connections=16 workers="" candidates="1 100" fold_in=0 compare=0 port=18931
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 while [[ $# -gt 0 ]]; do
@@ -40,6 +43,7 @@ while [[ $# -gt 0 ]]; do
     --fold-in) fold_in=1; shift ;;
     --compare) compare="$2"; shift 2 ;;
     --userip) USERIP="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -71,10 +75,11 @@ open(sys.argv[2] + "/users.txt", "w").write("\n".join(features["users"]) + "\n")
 open(sys.argv[2] + "/items.txt", "w").write("\n".join(features["items"]) + "\n")
 PY
 
-port=18931
 server_pid=""
 start_server() {  # args...
-  "$USERIP" --log-level warn serve --port "$port" --workers "$workers" "$@" >"$out/server.log" 2>&1 &
+  local worker_args=()
+  [[ -n "$workers" ]] && worker_args=(--workers "$workers")
+  "$USERIP" --log-level warn serve --port "$port" "${worker_args[@]}" "$@" >"$out/server.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do
     curl -sf "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && return 0

@@ -11,6 +11,7 @@
 
 #include "userip/ctr/controls.h"
 #include "userip/ctr/metrics.h"
+#include "userip/dist/world.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -244,112 +245,177 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     tables[v] = std::move(t);
   }
 
-  // Runs already in runs.jsonl with the same inputs are kept: an interrupted or extended experiment
-  // only runs what is missing.
+  // Under `userip launch` the runs are dealt out to the ranks (run i to rank i mod W); each is
+  // trained whole by one process, so every run is the run one process makes with the same threads.
+  dist::World one_process;
+  dist::World& world = options.world ? *options.world : one_process;
   const auto runs_path = out / "runs.jsonl";
+  const auto rank_runs_path = [&out](int rank) { return out / fmt::format("runs-rank{}.jsonl", rank); };
+
+  // Runs already in runs.jsonl (or in a rank's file, from an interrupted run across ranks) with the
+  // same inputs are kept: an interrupted or extended experiment only runs what is missing.
   std::map<std::string, json> done;
-  if (options.resume && std::filesystem::exists(runs_path)) {
-    std::ifstream in(runs_path);
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.empty()) continue;
-      try {
-        json run = json::parse(line);
-        done[run.at("key").get<std::string>() + "#" + run.at("fingerprint").get<std::string>()] = run;
-      } catch (const json::exception&) {
-        spdlog::warn("{}: ignoring a damaged line (an interrupted write)", runs_path.string());
+  if (options.resume) {
+    std::vector<std::filesystem::path> sources = {runs_path};
+    for (const auto& entry : std::filesystem::directory_iterator(out)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("runs-rank", 0) == 0 && entry.path().extension() == ".jsonl") sources.push_back(entry.path());
+    }
+    for (const auto& source : sources) {
+      std::ifstream in(source);
+      std::string line;
+      while (std::getline(in, line)) {
+        if (line.empty()) continue;
+        try {
+          json run = json::parse(line);
+          done[run.at("key").get<std::string>() + "#" + run.at("fingerprint").get<std::string>()] = run;
+        } catch (const json::exception&) {
+          spdlog::warn("{}: ignoring a damaged line (an interrupted write)", source.string());
+        }
       }
     }
   }
-  std::string kept;
-  for (const auto& [key, run] : done) kept += run.dump() + "\n";
-  write_file_atomic(runs_path, kept);
-  std::ofstream append(runs_path, std::ios::app);
+  world.barrier();  // every rank has read the files before rank 0 rewrites them
+  if (world.is_root()) {
+    std::string kept;
+    for (const auto& [key, run] : done) kept += run.dump() + "\n";
+    write_file_atomic(runs_path, kept);
+    for (int r = 0; r < world.size(); ++r) std::filesystem::remove(rank_runs_path(r));
+  }
+  world.barrier();
+  std::ofstream append(world.distributed() ? rank_runs_path(world.rank()) : runs_path, std::ios::app);
 
   const std::string dataset_fingerprint = fingerprint_file(std::filesystem::path(inputs.dataset_path) / "manifest.json") +
                                           fingerprint_file(std::filesystem::path(inputs.dataset_path) / "split.json");
-  json runs = json::array();
-  json groups_description;
-  const std::size_t rates_per_variant = std::max<std::size_t>(1, compare.learning_rates.size());
-  const std::size_t total =
-      experiments.size() * compare.variants.size() * static_cast<std::size_t>(compare.seeds) * rates_per_variant;
-  std::size_t index = 0;
-  json chosen_rates = json::object();
+  // Every run of the experiment, in the order of the report.
+  struct RunSpec {
+    std::string experiment, key, fingerprint;
+    Variant variant;
+    double rate;
+    std::uint64_t seed;
+    CtrSettings settings;
+  };
+  std::vector<RunSpec> specs;
   for (const auto& experiment : experiments) {
     const std::vector<double> rates =
         compare.learning_rates.empty() ? std::vector<double>{settings[experiment].train.learning_rate} : compare.learning_rates;
     for (auto variant : compare.variants) {
-      const std::size_t first_run = runs.size();
       for (double rate : rates) {
         for (int s = 0; s < compare.seeds; ++s) {
-          ++index;
-          const std::uint64_t seed = compare.seed_base + static_cast<std::uint64_t>(s);
-          CtrSettings run_settings = settings[experiment];
-          run_settings.train.seed = seed;
-          run_settings.train.learning_rate = rate;
-          run_settings.features.profile = variant == Variant::base    ? ProfileInput::none
-                                          : variant == Variant::dense ? ProfileInput::dense
-                                                                      : ProfileInput::codes;
-          std::string key = run_key(experiment, variant, seed);
-          if (rates.size() > 1) key += fmt::format("/lr={}", rate);
-          const std::string fingerprint = hex64(fnv1a64(
-              run_settings.to_json().dump() + dataset_fingerprint + compare.to_json().dump() +
+          RunSpec spec{experiment, "", "", variant, rate, compare.seed_base + static_cast<std::uint64_t>(s),
+                       settings[experiment]};
+          spec.settings.train.seed = spec.seed;
+          spec.settings.train.learning_rate = rate;
+          spec.settings.features.profile = variant == Variant::base    ? ProfileInput::none
+                                           : variant == Variant::dense ? ProfileInput::dense
+                                                                       : ProfileInput::codes;
+          spec.key = run_key(experiment, variant, spec.seed);
+          if (rates.size() > 1) spec.key += fmt::format("/lr={}", rate);
+          spec.fingerprint = hex64(fnv1a64(
+              spec.settings.to_json().dump() + dataset_fingerprint + compare.to_json().dump() +
               (variant == Variant::codes || variant == Variant::dense ? inputs.userip_fingerprint : std::string())));
-          auto cached = done.find(key + "#" + fingerprint);
-          if (cached != done.end()) {
-            spdlog::info("[{}/{}] {}: unchanged, reusing the earlier run", index, total, key);
-            runs.push_back(cached->second);
-            continue;
-          }
-          spdlog::info("[{}/{}] {}: training", index, total, key);
-          TrainOptions train_options = options.train;
-          TrainedModel t = train_on_dataset(dataset, run_settings, tables[variant], train_options);
-          const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
-          if (groups_description.is_null()) groups_description = groups.description;
-          json epochs = json::array();
-          for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
-          json run = {{"key", key},
-                      {"fingerprint", fingerprint},
-                      {"experiment", experiment.empty() ? "base" : experiment},
-                      {"model", to_string(run_settings.model.kind)},
-                      {"variant", to_string(variant)},
-                      {"seed", seed},
-                      {"groups",
-                       {{"all", group_metrics(t.test_scores, t.examples.test, {})},
-                        {"sparse", group_metrics(t.test_scores, t.examples.test, groups.sparse_user)},
-                        {"cold", group_metrics(t.cold_test_scores, t.examples.cold_test, {})}}},
-                      {"learning_rate", rate},
-                      {"best_valid_auc", number_or_null(t.result.best_valid.auc)},
-                      {"best_epoch", t.result.best_epoch},
-                      {"epochs", epochs},
-                      {"samples_per_second", t.result.samples_per_second},
-                      {"seconds", t.result.seconds}};
-          spdlog::info("[{}/{}] {}: test AUC {:.4f}, cold AUC {:.4f}", index, total, key,
-                       run["groups"]["all"]["auc"].is_number() ? run["groups"]["all"]["auc"].get<double>() : NAN,
-                       run["groups"]["cold"]["auc"].is_number() ? run["groups"]["cold"]["auc"].get<double>() : NAN);
-          append << run.dump() << "\n";
-          append.flush();
-          runs.push_back(std::move(run));
+          specs.push_back(std::move(spec));
         }
       }
-      // The rate this variant reports: the best mean validation AUC over its seeds. Test metrics play
-      // no part, so the comparison with base stays a held-out one.
-      std::map<double, std::vector<double>> valid_by_rate;
-      for (std::size_t r = first_run; r < runs.size(); ++r) {
-        // Runs from before rates were recorded are reused only with one rate, which needs no comparison.
-        const json& auc = runs[r].value("best_valid_auc", json());
-        valid_by_rate[runs[r].value("learning_rate", rates.front())].push_back(auc.is_number() ? auc.get<double>() : -1);
-      }
-      double chosen = rates.front(), best_mean = -1;
-      for (double rate : rates) {
-        const double m = mean_std(valid_by_rate[rate]).mean;
-        if (m > best_mean) best_mean = m, chosen = rate;
-      }
-      for (std::size_t r = first_run; r < runs.size(); ++r) {
-        runs[r]["selected"] = runs[r].value("learning_rate", rates.front()) == chosen;
-      }
-      chosen_rates[experiment.empty() ? "base" : experiment][to_string(variant)] = chosen;
     }
+  }
+
+  json groups_description;
+  std::map<std::size_t, json> finished;  // this rank's runs, by index in `specs`
+  for (std::size_t index = 0; index < specs.size(); ++index) {
+    if (static_cast<int>(index % static_cast<std::size_t>(world.size())) != world.rank()) continue;
+    const RunSpec& spec = specs[index];
+    const std::string& key = spec.key;
+    const std::size_t total = specs.size();
+    auto cached = done.find(key + "#" + spec.fingerprint);
+    if (cached != done.end()) {
+      spdlog::info("[{}/{}] {}: unchanged, reusing the earlier run", index + 1, total, key);
+      finished[index] = cached->second;
+      continue;
+    }
+    spdlog::info("[{}/{}] {}: training", index + 1, total, key);
+    TrainOptions train_options = options.train;
+    train_options.world = nullptr;  // one run, one process
+    TrainedModel t = train_on_dataset(dataset, spec.settings, tables[spec.variant], train_options);
+    const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
+    if (groups_description.is_null()) groups_description = groups.description;
+    json epochs = json::array();
+    for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
+    json run = {{"key", key},
+                {"fingerprint", spec.fingerprint},
+                {"experiment", spec.experiment.empty() ? "base" : spec.experiment},
+                {"model", to_string(spec.settings.model.kind)},
+                {"variant", to_string(spec.variant)},
+                {"seed", spec.seed},
+                {"groups",
+                 {{"all", group_metrics(t.test_scores, t.examples.test, {})},
+                  {"sparse", group_metrics(t.test_scores, t.examples.test, groups.sparse_user)},
+                  {"cold", group_metrics(t.cold_test_scores, t.examples.cold_test, {})}}},
+                {"learning_rate", spec.rate},
+                {"best_valid_auc", number_or_null(t.result.best_valid.auc)},
+                {"best_epoch", t.result.best_epoch},
+                {"epochs", epochs},
+                {"samples_per_second", t.result.samples_per_second},
+                {"seconds", t.result.seconds}};
+    spdlog::info("[{}/{}] {}: test AUC {:.4f}, cold AUC {:.4f}", index + 1, total, key,
+                 run["groups"]["all"]["auc"].is_number() ? run["groups"]["all"]["auc"].get<double>() : NAN,
+                 run["groups"]["cold"]["auc"].is_number() ? run["groups"]["cold"]["auc"].get<double>() : NAN);
+    append << run.dump() << "\n";
+    append.flush();
+    finished[index] = std::move(run);
+  }
+  append.close();
+
+  // Every rank's runs to every rank, as JSON text.
+  if (world.distributed()) {
+    json mine = json::object();
+    for (const auto& [index, run] : finished) mine[std::to_string(index)] = run;
+    const std::string text = mine.dump();
+    auto bytes = torch::from_blob(const_cast<char*>(text.data()), {static_cast<std::int64_t>(text.size())}, torch::kUInt8)
+                     .clone();
+    for (const auto& part : world.all_gather_rows(bytes)) {
+      const std::string other(reinterpret_cast<const char*>(part.data_ptr<std::uint8_t>()),
+                              static_cast<std::size_t>(part.numel()));
+      const json theirs = json::parse(other);
+      for (auto it = theirs.begin(); it != theirs.end(); ++it) finished[std::stoul(it.key())] = it.value();
+    }
+  }
+  json runs = json::array();
+  for (std::size_t index = 0; index < specs.size(); ++index) runs.push_back(finished.at(index));
+  if (world.distributed() && world.is_root()) {
+    std::string all;
+    for (const auto& run : runs) all += run.dump() + "\n";
+    write_file_atomic(runs_path, all);
+    for (int r = 0; r < world.size(); ++r) std::filesystem::remove(rank_runs_path(r));
+  }
+
+  // The rate each variant reports: the best mean validation AUC over its seeds. Test metrics play
+  // no part, so the comparison with base stays a held-out one.
+  json chosen_rates = json::object();
+  for (std::size_t first_run = 0; first_run < specs.size();) {
+    std::size_t end = first_run;
+    while (end < specs.size() && specs[end].experiment == specs[first_run].experiment &&
+           specs[end].variant == specs[first_run].variant)
+      ++end;
+    const std::vector<double> rates =
+        compare.learning_rates.empty() ? std::vector<double>{specs[first_run].rate} : compare.learning_rates;
+    std::map<double, std::vector<double>> valid_by_rate;
+    for (std::size_t r = first_run; r < end; ++r) {
+      // Runs from before rates were recorded are reused only with one rate, which needs no comparison.
+      const json& auc = runs[r].value("best_valid_auc", json());
+      valid_by_rate[runs[r].value("learning_rate", rates.front())].push_back(auc.is_number() ? auc.get<double>() : -1);
+    }
+    double chosen = rates.front(), best_mean = -1;
+    for (double rate : rates) {
+      const double m = mean_std(valid_by_rate[rate]).mean;
+      if (m > best_mean) best_mean = m, chosen = rate;
+    }
+    for (std::size_t r = first_run; r < end; ++r) {
+      runs[r]["selected"] = runs[r].value("learning_rate", rates.front()) == chosen;
+    }
+    const std::string& experiment = specs[first_run].experiment;
+    chosen_rates[experiment.empty() ? "base" : experiment][to_string(specs[first_run].variant)] = chosen;
+    first_run = end;
   }
   if (groups_description.is_null()) {
     // Every run came from runs.jsonl: describe the groups from one encoding of the data.
@@ -376,8 +442,11 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
                  {"learning_rates", chosen_rates},
                  {"runs", runs},
                  {"summary", summarize(runs, names, compare.variants)}};
-  write_file_atomic(out / "experiment.json", result.dump(1) + "\n");
-  write_file_atomic(out / "results.md", results_table(result));
+  if (world.is_root()) {
+    write_file_atomic(out / "experiment.json", result.dump(1) + "\n");
+    write_file_atomic(out / "results.md", results_table(result));
+  }
+  world.barrier();  // the files are written when any rank returns
   return result;
 }
 

@@ -366,6 +366,8 @@ void FeatureEncoder::encode_catalogue() {
   const std::size_t items = catalogue_ids_.size();
   const auto multi = static_cast<std::size_t>(layout_.multi_hot.size());
   const auto width = static_cast<std::size_t>(layout_.max_values);
+  catalogue_item_local_.resize(items);
+  for (std::size_t item = 0; item < items; ++item) catalogue_item_local_[item] = items_.lookup(catalogue_ids_[item]);
   catalogue_categorical_.assign(items * static_cast<std::size_t>(item_categorical_fields_), 0);
   catalogue_multi_index_.assign(items * multi * width, 0);
   catalogue_multi_weight_.assign(items * multi * width, 0.0f);
@@ -469,7 +471,7 @@ Examples FeatureEncoder::encode_resolved(std::size_t n, Resolve&& resolve, const
     if (r.user_local == 0) ++local.unknown_users;
     std::int32_t item_local = 0;
     if (r.catalogue_row >= 0) {
-      item_local = items_.lookup(catalogue_ids_[static_cast<std::size_t>(r.catalogue_row)]);
+      item_local = catalogue_item_local_[static_cast<std::size_t>(r.catalogue_row)];
     } else {
       ++local.unknown_items;
     }
@@ -543,10 +545,17 @@ Examples FeatureEncoder::encode_pairs(const std::vector<std::string>& users, con
                                       EncodeCounts* counts) const {
   check_tables(codes, vectors);
   USERIP_CHECK(users.size() == items.size(), "{} users but {} items", users.size(), items.size());
+  // A request scores many items for one user: its lookups are done once per run of equal users.
+  const std::string* resolved_user = nullptr;
+  ResolvedRow user_row;
   return encode_resolved(
       users.size(),
       [&](std::size_t i) {
-        ResolvedRow r = resolve_user(users[i], codes, vectors);
+        if (resolved_user == nullptr || users[i] != *resolved_user) {
+          user_row = resolve_user(users[i], codes, vectors);
+          resolved_user = &users[i];
+        }
+        ResolvedRow r = user_row;
         auto it = catalogue_index_.find(items[i]);
         r.catalogue_row = it == catalogue_index_.end() ? -1 : it->second;
         r.group = static_cast<std::uint32_t>(i);

@@ -193,12 +193,50 @@ TEST_F(CtrCli, DataParallelTrainingWithFixedSlicesIsTheSameAtEveryWorldSize) {
   ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "again").string(), &output), 0) << output;
   EXPECT_EQ(read_file(dir_ / "one" / "weights.safetensors"), read_file(dir_ / "again" / "weights.safetensors"));
   EXPECT_GT(result_line(output)["test"]["auc"].get<double>(), 0.6) << output;
-  // The experiment stays in one process, and says so under the launcher.
-  EXPECT_NE(run_cli("launch --nproc-per-node 2 -- userip experiment --dataset " + dataset_ + " --config " + config_ +
-                        " --out " + (dir_ / "e").string(),
+}
+
+// The experiment's runs dealt out to the ranks: each run is trained whole by one rank, so every
+// figure equals one process's (with one thread per rank); rank 0 writes the files.
+TEST_F(CtrCli, ExperimentAcrossRanksGivesTheResultsOfOneProcess) {
+  std::string output;
+  const std::string common = "experiment --dataset " + dataset_ + " --config " + config_ + " --bank " +
+                             (dir_ / "bank.sqlite").string() + " --experiments dcn";
+  ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "one").string(), &output), 0) << output;
+  const auto one = nlohmann::json::parse(read_file(dir_ / "one" / "experiment.json"));
+  for (int ranks : {2, 3}) {
+    const auto out = dir_ / ("ranks" + std::to_string(ranks));
+    ASSERT_EQ(run_cli("launch --nproc-per-node " + std::to_string(ranks) + " --threads-per-rank 1 -- userip " + common +
+                          " --out " + out.string(),
+                      &output),
+              0)
+        << output;
+    EXPECT_EQ(read_file(dir_ / "one" / "results.md"), read_file(out / "results.md")) << ranks;
+    const auto many = nlohmann::json::parse(read_file(out / "experiment.json"));
+    ASSERT_EQ(many["runs"].size(), one["runs"].size());
+    for (std::size_t r = 0; r < one["runs"].size(); ++r) {
+      EXPECT_EQ(many["runs"][r]["key"], one["runs"][r]["key"]);
+      EXPECT_EQ(many["runs"][r]["groups"], one["runs"][r]["groups"]) << ranks << " " << one["runs"][r]["key"];
+      EXPECT_EQ(many["runs"][r]["epochs"].size(), one["runs"][r]["epochs"].size());
+    }
+    EXPECT_EQ(many["summary"], one["summary"]) << ranks;
+    // One runs.jsonl with every run; the ranks' own files are gone.
+    std::ifstream lines(out / "runs.jsonl");
+    std::string line;
+    std::size_t count = 0;
+    while (std::getline(lines, line)) count += !line.empty();
+    EXPECT_EQ(count, one["runs"].size());
+    EXPECT_FALSE(std::filesystem::exists(out / "runs-rank0.jsonl"));
+    EXPECT_FALSE(std::filesystem::exists(out / "runs-rank1.jsonl"));
+  }
+  // Resumed at another world size: every run is reused.
+  ASSERT_EQ(run_cli("launch --nproc-per-node 2 --threads-per-rank 1 -- userip " + common + " --out " +
+                        (dir_ / "ranks3").string(),
                     &output),
-            0);
-  EXPECT_NE(output.find("experiment runs in one process"), std::string::npos) << output;
+            0)
+      << output;
+  EXPECT_NE(output.find("unchanged, reusing the earlier run"), std::string::npos) << output;
+  EXPECT_EQ(output.find(": training"), std::string::npos) << output;
+  EXPECT_EQ(read_file(dir_ / "one" / "results.md"), read_file(dir_ / "ranks3" / "results.md"));
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 // engine's fold-in gives the same history with the same fit.
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "profile/profile_world.h"
 #include "serve/serve_test_support.h"
 #include "support/temp_dir.h"
@@ -45,7 +47,10 @@ TEST(ServeFoldIn, EndpointGivesTheCodesOfTheProfileEnginesFoldIn) {
   events.push_back({{"item", "no-such-item"}});
 
   auto fold_in = std::make_unique<FoldIn>(dir / "fit", profile::SessionOptions{}, 0);
-  testing::RunningServer running(testing::ServeWorld::get().source(), ServerOptions{}, std::move(fold_in));
+  // One event loop: the fold-in must not hold it (see below).
+  ServerOptions options;
+  options.workers = 1;
+  testing::RunningServer running(testing::ServeWorld::get().source(), options, std::move(fold_in));
   auto client = running.client();
   const std::string body = json{{"history", events}}.dump();
   auto res = client.Post("/v1/users/newcomer/profile:infer", body, "application/json");
@@ -73,11 +78,22 @@ TEST(ServeFoldIn, EndpointGivesTheCodesOfTheProfileEnginesFoldIn) {
   auto again = client.Post("/v1/users/newcomer/profile:infer", body, "application/json");
   ASSERT_TRUE(again);
   EXPECT_EQ(json::parse(again->body)["codes"], answer["codes"]);
+  // The fold-in runs off the event loop: a score sent while one is in flight is answered before it.
+  const auto fold_ins = [&] { return running.server().metrics().render(running.server().state()->gauges, 0); };
+  std::thread slow([&] { client.Post("/v1/users/newcomer/profile:infer", body, "application/json"); });
+  while (running.server().in_flight() == 0) std::this_thread::yield();
+  auto quick = running.client();
+  auto scored = quick.Post("/v1/score", R"({"user": "user1", "items": ["item1"]})", "application/json");
+  const bool fold_in_still_running = fold_ins().find("userip_fold_in_duration_seconds_count 2\n") != std::string::npos;
+  slow.join();
+  ASSERT_TRUE(scored);
+  EXPECT_EQ(scored->status, 200);
+  EXPECT_TRUE(fold_in_still_running) << "the score waited for the fold-in";
   // A history with no known item is refused.
   auto unknown = client.Post("/v1/users/x/profile:infer", R"({"history": [{"item": "nope"}]})", "application/json");
   ASSERT_TRUE(unknown);
   EXPECT_EQ(unknown->status, 422) << unknown->body;
-  EXPECT_NE(running.server().metrics().render(running.server().state()->gauges, 0).find("userip_fold_in_duration_seconds_count 2"),
+  EXPECT_NE(running.server().metrics().render(running.server().state()->gauges, 0).find("userip_fold_in_duration_seconds_count 3"),
             std::string::npos);
 }
 

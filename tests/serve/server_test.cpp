@@ -162,6 +162,71 @@ TEST(ServeServer, EveryErrorPathIsA4xxWithAMessage) {
   EXPECT_EQ(running.server().metrics().requests("POST /v1/score", 413), 1);
 }
 
+TEST(ServeServer, AChunkedBodyOverTheLimitIsA413) {
+  ServerOptions options;
+  options.limits.max_body_bytes = 4096;
+  RunningServer running(ServeWorld::get().source(), options);
+  auto client = running.client();
+  // No Content-Length: the limit can only be found while the body arrives.
+  const std::string piece(1000, ' ');
+  auto res = client.Post(
+      "/v1/score",
+      [&](std::size_t offset, httplib::DataSink& sink) {
+        if (offset < 10 * piece.size()) {
+          sink.write(piece.data(), piece.size());
+        } else {
+          sink.done();
+        }
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 413) << res->body;
+  EXPECT_EQ(json::parse(res->body)["error"], "request body too large");
+  // A chunked body within the limit is read whole.
+  const std::string good = R"({"user": "user1", "items": ["item1"]})";
+  auto ok = client.Post(
+      "/v1/score",
+      [&](std::size_t offset, httplib::DataSink& sink) {
+        if (offset == 0) {
+          sink.write(good.data(), good.size());
+        } else {
+          sink.done();
+        }
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+}
+
+// Connections are not tied to threads: one event loop serves many open keep-alive connections in
+// turn (a thread-per-connection server with one worker would leave the second one waiting until
+// the first idled out, past the clients' 2-second timeout).
+TEST(ServeServer, OneWorkerServesManyKeepAliveConnections) {
+  ServerOptions options;
+  options.workers = 1;
+  options.keep_alive_seconds = 30;
+  RunningServer running(ServeWorld::get().source(), options);
+  std::vector<std::unique_ptr<httplib::Client>> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.push_back(std::make_unique<httplib::Client>("127.0.0.1", running.port()));
+    clients.back()->set_keep_alive(true);
+    clients.back()->set_read_timeout(2, 0);
+  }
+  int answered = 0;
+  for (int round = 0; round < 3; ++round) {
+    for (auto& client : clients) {
+      auto res = client->Post("/v1/score", R"({"user": "user1", "items": ["item1", "item2"]})", "application/json");
+      ASSERT_TRUE(res) << "round " << round;
+      EXPECT_EQ(res->status, 200);
+      ++answered;
+    }
+  }
+  EXPECT_EQ(answered, 24);
+  EXPECT_EQ(running.server().metrics().requests("POST /v1/score", 200), 24);
+}
+
 TEST(ServeServer, HealthReadinessAndMetrics) {
   RunningServer running(ServeWorld::get().source());
   auto client = running.client();

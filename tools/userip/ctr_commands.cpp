@@ -192,9 +192,6 @@ struct ExperimentCommand {
   bool fresh = false;
 
   void run() const {
-    USERIP_CHECK(!dist::World::get().distributed(),
-                 "experiment runs in one process (its runs write one directory); run it without `userip launch` "
-                 "(ctr train and the profile stages run across ranks: docs/DISTRIBUTED.md)");
     const data::Dataset ds = data::Dataset::load(dataset);
     ctr::ExperimentInputs inputs;
     inputs.dataset = &ds;
@@ -217,7 +214,10 @@ struct ExperimentCommand {
     options.train.device = device_of(device);
     options.train.show_progress = false;  // one line per run is the progress here
     options.resume = !fresh;
+    // Under `userip launch` the runs are dealt out to the ranks; rank 0 writes and prints the results.
+    options.world = &dist::World::get();
     const nlohmann::json result = ctr::run_experiment(inputs, compare, out, options);
+    if (!options.world->is_root()) return;
     std::cout << ctr::results_table(result);
     std::cerr << "results in " << (out / "experiment.json").string() << " and " << (out / "results.md").string() << "\n";
   }

@@ -43,8 +43,8 @@ struct ServeCommand {
     USERIP_CHECK(fold_in_rounds >= 0, "--fold-in-rounds {} must be >= 0", fold_in_rounds);
     server.admin_token = read_admin_token();
     server.validate();
-    // Each request runs single-threaded; concurrency comes from the workers, so ATen and OpenBLAS
-    // pools would only oversubscribe the cores.
+    // Each request runs single-threaded; concurrency comes from the event loops, so ATen and
+    // OpenBLAS pools would only oversubscribe the cores.
     configure_threads(1);
     std::unique_ptr<serve::FoldIn> fold_in;
     if (!lm.empty()) {
@@ -82,8 +82,9 @@ void add_serve_commands(CLI::App& app, GlobalOptions& /*global*/) {
   cmd->add_option("--host", c->server.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", c->server.port, "Port (0 = any free port; the chosen one is printed)")->capture_default_str();
   cmd->add_option("--workers", c->server.workers,
-                  "Worker threads; each keep-alive connection holds one while it is open, so give at least as many "
-                  "as concurrent clients. Each request runs single-threaded (the global --threads does not apply)")
+                  "Event-loop threads (default: one per core); each accepts, parses and scores requests for any "
+                  "number of connections. Each request runs single-threaded (the global --threads does not apply); "
+                  "fold-in and reload requests run on one background thread")
       ->capture_default_str();
   cmd->add_option("--keep-alive", c->server.keep_alive_seconds, "Seconds an idle keep-alive connection is kept")
       ->capture_default_str();

@@ -62,6 +62,10 @@ struct ExperimentInputs {
 struct ExperimentOptions {
   TrainOptions train;
   bool resume = true;  // reuse runs of runs.jsonl whose inputs are unchanged
+  // The ranks of `userip launch` (null: one process). Each run is trained whole by one rank, run i
+  // by rank i mod W, so the results are those of one process with the same threads; rank 0 writes
+  // the files. While it runs, each rank appends its finished runs to runs-rank<R>.jsonl.
+  dist::World* world = nullptr;
 };
 
 // Runs everything, writing `out`/runs.jsonl as runs finish (so an interrupted experiment resumes)

@@ -164,8 +164,9 @@ class FeatureEncoder {
   std::unordered_map<std::string, std::int64_t> catalogue_index_;
   std::vector<std::string> catalogue_ids_;
   std::vector<std::vector<std::string>> catalogue_values_;  // [item][item field]
-  // The catalogue's item-field indices, computed once: [item][categorical item field] and
-  // [item][multi-hot field][value] with weights.
+  // The catalogue's indices, computed once: each item's item_id vocabulary index (0 when below
+  // min_count), [item][categorical item field] and [item][multi-hot field][value] with weights.
+  std::vector<std::int32_t> catalogue_item_local_;
   std::vector<std::int32_t> catalogue_categorical_;
   std::vector<std::int32_t> catalogue_multi_index_;
   std::vector<float> catalogue_multi_weight_;

@@ -1,11 +1,13 @@
 #pragma once
-// The HTTP scoring service (cpp-httplib): routes, error bodies, metrics, hot reload, graceful
-// shutdown. docs/SERVING.md is the API reference. No LLM is on the request path except the
+// The HTTP scoring service (libmicrohttpd's event loops): routes, error bodies, metrics, hot reload,
+// graceful shutdown. docs/SERVING.md is the API reference. No LLM is on the request path except the
 // optional fold-in endpoint, which exists to measure what the feature bank saves.
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -18,10 +20,11 @@ namespace userip::serve {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;            // 0 = any free port (bind() returns it)
-  // cpp-httplib serves each keep-alive connection on one worker thread until it closes or idles
-  // out, so workers bound the concurrent connections, not only the concurrent computations.
-  int workers = 16;
-  int keep_alive_seconds = 5;  // an idle keep-alive connection gives its worker back after this
+  // Event-loop threads. Each one accepts, parses and scores on its own thread, so a request never
+  // waits for a thread hand-off; any number of keep-alive connections share them. The fold-in and
+  // reload routes, which take up to seconds, run on one background thread instead.
+  int workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int keep_alive_seconds = 5;  // an idle connection is closed after this
   RequestLimits limits;
   std::string admin_token;     // empty = admin endpoints off (404)
   void validate() const;
@@ -53,7 +56,7 @@ class Server {
 
  private:
   struct Http;
-  void install_routes();
+  friend struct Http;
   StateHolder state_;
   ServerOptions options_;
   std::unique_ptr<FoldIn> fold_in_;
