@@ -251,16 +251,21 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
   dist::World& world = options.world ? *options.world : one_process;
   const auto runs_path = out / "runs.jsonl";
   const auto rank_runs_path = [&out](int rank) { return out / fmt::format("runs-rank{}.jsonl", rank); };
+  const auto rank_runs_files = [&out] {
+    std::vector<std::filesystem::path> files;
+    for (const auto& entry : std::filesystem::directory_iterator(out)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind("runs-rank", 0) == 0 && entry.path().extension() == ".jsonl") files.push_back(entry.path());
+    }
+    return files;
+  };
 
   // Runs already in runs.jsonl (or in a rank's file, from an interrupted run across ranks) with the
   // same inputs are kept: an interrupted or extended experiment only runs what is missing.
   std::map<std::string, json> done;
   if (options.resume) {
     std::vector<std::filesystem::path> sources = {runs_path};
-    for (const auto& entry : std::filesystem::directory_iterator(out)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind("runs-rank", 0) == 0 && entry.path().extension() == ".jsonl") sources.push_back(entry.path());
-    }
+    for (const auto& file : rank_runs_files()) sources.push_back(file);
     for (const auto& source : sources) {
       std::ifstream in(source);
       std::string line;
@@ -280,7 +285,7 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     std::string kept;
     for (const auto& [key, run] : done) kept += run.dump() + "\n";
     write_file_atomic(runs_path, kept);
-    for (int r = 0; r < world.size(); ++r) std::filesystem::remove(rank_runs_path(r));
+    for (const auto& file : rank_runs_files()) std::filesystem::remove(file);  // their runs are in runs.jsonl now
   }
   world.barrier();
   std::ofstream append(world.distributed() ? rank_runs_path(world.rank()) : runs_path, std::ios::app);
@@ -320,7 +325,9 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     }
   }
 
+  // The groups are described from the first run trained (in the report's order), as one process does.
   json groups_description;
+  std::size_t groups_from = specs.size();
   std::map<std::size_t, json> finished;  // this rank's runs, by index in `specs`
   for (std::size_t index = 0; index < specs.size(); ++index) {
     if (static_cast<int>(index % static_cast<std::size_t>(world.size())) != world.rank()) continue;
@@ -338,7 +345,7 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     train_options.world = nullptr;  // one run, one process
     TrainedModel t = train_on_dataset(dataset, spec.settings, tables[spec.variant], train_options);
     const Groups groups = user_groups(dataset, t.examples, compare.sparse_quantile);
-    if (groups_description.is_null()) groups_description = groups.description;
+    if (groups_description.is_null()) groups_description = groups.description, groups_from = index;
     json epochs = json::array();
     for (const auto& e : t.result.epochs) epochs.push_back(e.to_json());
     json run = {{"key", key},
@@ -366,10 +373,11 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
   }
   append.close();
 
-  // Every rank's runs to every rank, as JSON text.
+  // Every rank's runs to every rank, as JSON text, once the slowest rank has finished its share.
   if (world.distributed()) {
-    json mine = json::object();
-    for (const auto& [index, run] : finished) mine[std::to_string(index)] = run;
+    world.wait_for_all("the experiment's runs");
+    json mine = {{"runs", json::object()}, {"groups_from", groups_from}, {"groups", groups_description}};
+    for (const auto& [index, run] : finished) mine["runs"][std::to_string(index)] = run;
     const std::string text = mine.dump();
     auto bytes = torch::from_blob(const_cast<char*>(text.data()), {static_cast<std::int64_t>(text.size())}, torch::kUInt8)
                      .clone();
@@ -377,7 +385,9 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
       const std::string other(reinterpret_cast<const char*>(part.data_ptr<std::uint8_t>()),
                               static_cast<std::size_t>(part.numel()));
       const json theirs = json::parse(other);
-      for (auto it = theirs.begin(); it != theirs.end(); ++it) finished[std::stoul(it.key())] = it.value();
+      for (auto it = theirs["runs"].begin(); it != theirs["runs"].end(); ++it) finished[std::stoul(it.key())] = it.value();
+      const auto from = theirs["groups_from"].get<std::size_t>();
+      if (from < groups_from) groups_from = from, groups_description = theirs["groups"];
     }
   }
   json runs = json::array();
@@ -386,7 +396,7 @@ json run_experiment(const ExperimentInputs& inputs, const CompareConfig& compare
     std::string all;
     for (const auto& run : runs) all += run.dump() + "\n";
     write_file_atomic(runs_path, all);
-    for (int r = 0; r < world.size(); ++r) std::filesystem::remove(rank_runs_path(r));
+    for (const auto& file : rank_runs_files()) std::filesystem::remove(file);
   }
 
   // The rate each variant reports: the best mean validation AUC over its seeds. Test metrics play

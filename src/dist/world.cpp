@@ -227,6 +227,30 @@ void World::barrier() {
 #endif
 }
 
+void World::wait_for_all(const std::string& name) {
+  if (!distributed()) return;
+#if USERIP_HAVE_GLOO
+  const std::string prefix = "waited/" + std::to_string(waits_++) + "/" + name + "/";
+  impl_->store->set(prefix + std::to_string(rank()), std::vector<std::uint8_t>{1});
+  const auto started = std::chrono::steady_clock::now();
+  auto next_report = started + std::chrono::minutes(1);
+  while (true) {
+    std::vector<std::string> missing;
+    for (int r = 0; r < size(); ++r)
+      if (!impl_->store->check({prefix + std::to_string(r)})) missing.push_back(std::to_string(r));
+    if (missing.empty()) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_report) {
+      spdlog::info("rank {}: waiting {} min for rank{} {} to finish {}", rank(),
+                   std::chrono::duration_cast<std::chrono::minutes>(now - started).count(),
+                   missing.size() == 1 ? "" : "s", join(missing, ", "), name);
+      next_report += std::chrono::minutes(1);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+#endif
+}
+
 void share_rows(World& world, const std::vector<std::int64_t>& rows, const std::vector<torch::Tensor*>& tensors) {
   if (!world.distributed()) return;
   const auto mine = torch::tensor(rows, torch::TensorOptions().dtype(torch::kLong));

@@ -1,6 +1,7 @@
 #include "userip/serve/server.h"
 
 #include <microhttpd.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -138,6 +139,7 @@ struct Server::Http {
   bool running = false;
 
   // The slow routes' queue: one thread, so fold-ins run one at a time as they always have.
+  std::atomic<int> jobs_running{0};  // suspended connections, until their resume has returned
   std::mutex jobs_mutex;
   std::condition_variable jobs_ready;
   std::deque<std::function<void()>> jobs;
@@ -166,8 +168,11 @@ struct Server::Http {
     jobs_ready.notify_one();
   }
 
-  static bool is_slow(const std::string& method, const std::string& path) {
-    return method == "POST" && (path == "/admin/reload" || user_in_path(path, "/profile:infer"));
+  // The routes that may take seconds, when they are on: they run on the background thread.
+  bool is_slow(const std::string& method, const std::string& path) const {
+    if (method != "POST") return false;
+    if (path == "/admin/reload") return !server.options_.admin_token.empty();
+    return server.fold_in_ && user_in_path(path, "/profile:infer");
   }
 
   // Counted before the response is queued, so that a client that reads /metrics right after a
@@ -182,6 +187,9 @@ struct Server::Http {
                                                              MHD_RESPMEM_MUST_COPY);
     if (!response) return MHD_NO;
     MHD_add_response_header(response, MHD_HTTP_HEADER_CONTENT_TYPE, reply.content_type.c_str());
+    // Once shutdown has begun, keep-alive connections close after their current request, so that
+    // the requests in flight run out.
+    if (server.stopping_) MHD_add_response_header(response, MHD_HTTP_HEADER_CONNECTION, "close");
     const MHD_Result queued = MHD_queue_response(connection, static_cast<unsigned>(reply.status), response);
     MHD_destroy_response(response);
     return queued;
@@ -203,7 +211,7 @@ struct Server::Http {
     const std::string& method = exchange.method;
     const std::string& path = exchange.path;
     const std::string& body = exchange.body;
-    if (method == "GET") {
+    if (method == "GET" || method == "HEAD") {  // libmicrohttpd sends no body for HEAD
       if (path == "/healthz") return json_reply(200, {{"status", "ok"}});
       if (path == "/readyz") {
         if (server.stopping_) return json_reply(503, {{"status", "stopping"}});
@@ -331,10 +339,18 @@ struct Server::Http {
     if (exchange->deferred_reply) return respond(connection, *exchange, *exchange->deferred_reply);
     if (exchange->body_too_large) return respond(connection, *exchange, error_reply(413, "request body too large"));
     if (is_slow(exchange->method, exchange->path)) {
+      // libmicrohttpd must not be stopped with a connection suspended: once shutdown has begun,
+      // no new slow request is parked (run() waits for those parked before).
+      if (server.stopping_) return respond(connection, *exchange, error_reply(503, "the server is stopping"));
+      jobs_running.fetch_add(1);
       MHD_suspend_connection(connection);
       defer([this, exchange, connection] {
         exchange->deferred_reply = dispatch(*exchange);
         MHD_resume_connection(connection);
+        // Counted down only now: MHD_resume_connection still touches the daemon after it has
+        // handed the connection back, and run() stops the daemon once this count is zero.
+        jobs_running.fetch_sub(1);
+        wake_run_if_stopping();
       });
       return MHD_YES;
     }
@@ -347,12 +363,15 @@ struct Server::Http {
     *context = nullptr;
     delete exchange;
     server.in_flight_.fetch_sub(1);
-    // run() waits for the last request only once stopping_ is set; taking the mutex here orders
-    // this decrement against its check, so the wake-up cannot fall between check and wait.
-    if (server.stopping_) {
-      { std::lock_guard<std::mutex> lock(state_mutex); }
-      state_changed.notify_all();
-    }
+    wake_run_if_stopping();
+  }
+
+  // run() waits for the last request only once stopping_ is set; taking the mutex here orders a
+  // count's decrement against its check, so the wake-up cannot fall between check and wait.
+  void wake_run_if_stopping() {
+    if (!server.stopping_) return;
+    { std::lock_guard<std::mutex> lock(state_mutex); }
+    state_changed.notify_all();
   }
 
   static MHD_Result request_trampoline(void* self, MHD_Connection* connection, const char* url, const char* method,
@@ -437,15 +456,27 @@ void Server::run() {
     if (http.stop_requested || http.running) return;
     http.running = true;
   }
+  // libmicrohttpd gets its own descriptor of the socket: it may close it on a failed start, and
+  // this one stays ours to close.
+  const int daemon_listener = ::fcntl(http.listen_fd, F_DUPFD_CLOEXEC, 0);
+  if (daemon_listener < 0) {
+    const std::string why = std::strerror(errno);
+    std::lock_guard<std::mutex> lock(http.state_mutex);
+    http.running = false;
+    http.state_changed.notify_all();
+    throw Error(fmt::format("cannot start the HTTP server: {}", why));
+  }
   unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO |
                    MHD_USE_ERROR_LOG;
   http.daemon = MHD_start_daemon(
       flags, 0, nullptr, nullptr, &Http::request_trampoline, &http, MHD_OPTION_EXTERNAL_LOGGER, &log_from_microhttpd,
-      nullptr, MHD_OPTION_LISTEN_SOCKET, http.listen_fd, MHD_OPTION_THREAD_POOL_SIZE,
+      nullptr, MHD_OPTION_LISTEN_SOCKET, daemon_listener, MHD_OPTION_THREAD_POOL_SIZE,
       static_cast<unsigned>(options_.workers), MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(options_.keep_alive_seconds), MHD_OPTION_NOTIFY_COMPLETED, &Http::completed_trampoline,
       &http, MHD_OPTION_END);
   if (!http.daemon) {
+    // daemon_listener is left open: libmicrohttpd closes it on some failed starts and not on
+    // others, and closing a number it has closed could close another thread's file.
     std::lock_guard<std::mutex> lock(http.state_mutex);
     http.running = false;
     http.state_changed.notify_all();
@@ -454,14 +485,16 @@ void Server::run() {
   std::unique_lock<std::mutex> lock(http.state_mutex);
   http.state_changed.wait(lock, [&http] { return http.stop_requested; });
   // No new connections; the requests in flight (suspended ones included, which libmicrohttpd must
-  // not see stopped) finish; then the idle keep-alive connections close.
-  const MHD_socket listener = MHD_quiesce_daemon(http.daemon);
-  if (listener != MHD_INVALID_SOCKET) ::close(listener);
-  http.listen_fd = -1;
-  http.state_changed.wait(lock, [this] { return in_flight_.load() == 0; });
+  // not see stopped) finish; then the idle keep-alive connections close. The listening socket is
+  // closed only after the daemon has stopped: its loops may still call accept() on it until then.
+  const MHD_socket quiesced = MHD_quiesce_daemon(http.daemon);
+  http.state_changed.wait(lock, [this, &http] { return in_flight_.load() == 0 && http.jobs_running.load() == 0; });
   lock.unlock();
   MHD_stop_daemon(http.daemon);
   http.daemon = nullptr;
+  if (quiesced != MHD_INVALID_SOCKET) ::close(quiesced);
+  ::close(http.listen_fd);
+  http.listen_fd = -1;
   lock.lock();
   http.running = false;
   http.state_changed.notify_all();
@@ -530,7 +563,12 @@ void serve_until_terminated(Server& server) {
       return;
     }
   });
-  server.run();
+  std::exception_ptr failure;
+  try {
+    server.run();
+  } catch (...) {
+    failure = std::current_exception();
+  }
   finished = true;
   const char quit = 'Q';
   [[maybe_unused]] auto n = ::write(fds[1], &quit, 1);
@@ -541,6 +579,7 @@ void serve_until_terminated(Server& server) {
   signal_pipe_write = -1;
   ::close(fds[0]);
   ::close(fds[1]);
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace userip::serve

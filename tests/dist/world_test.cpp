@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <optional>
+#include <thread>
 
 #include "support/temp_dir.h"
 #include "userip/dist/launch.h"
@@ -93,6 +94,41 @@ TEST(World, ItemsAreDealtOutInConsecutiveGroupsInRankOrder) {
   // A short last span: rank 1 gets the rest, rank 2 nothing.
   EXPECT_EQ(share_of_span(16, 19, 2, 1), std::make_pair(std::size_t{18}, std::size_t{19}));
   EXPECT_EQ(share_of_span(16, 19, 2, 2), std::make_pair(std::size_t{19}, std::size_t{19}));
+}
+
+// Ranks that finish work of different lengths: wait_for_all outlasts the collectives' timeout
+// (1 s here), where a barrier would call the late rank dead. Two ranks as threads of one process.
+TEST(World, WaitForAllOutlastsTheCollectiveTimeout) {
+  testing::TempDir dir;
+  std::vector<std::int64_t> gathered(2, -1);
+  std::vector<std::string> errors(2);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      try {
+        WorldOptions options;
+        options.rank = r;
+        options.size = 2;
+        options.local_rank = r;
+        options.local_size = 2;
+        options.store_file = (dir.path() / "store").string();
+        options.timeout = std::chrono::seconds(1);
+        World world(options);
+        if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // the long share
+        world.wait_for_all("work");
+        world.wait_for_all("work");  // a second wait of the same name is a new one
+        const auto all = world.all_gather_rows(torch::full({1}, 10 + r, torch::kLong));
+        gathered[static_cast<std::size_t>(r)] = all[0].item<std::int64_t>() + all[1].item<std::int64_t>();
+      } catch (const std::exception& e) {
+        errors[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  EXPECT_EQ(errors[0], "");
+  EXPECT_EQ(errors[1], "");
+  EXPECT_EQ(gathered[0], 21);
+  EXPECT_EQ(gathered[1], 21);
 }
 
 TEST(Launch, BadOptionsAreErrorsNamingTheOption) {

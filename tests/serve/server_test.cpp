@@ -233,6 +233,10 @@ TEST(ServeServer, HealthReadinessAndMetrics) {
   int status = 0;
   EXPECT_EQ(get(client, "/healthz", &status)["status"], "ok");
   EXPECT_EQ(status, 200);
+  auto head = client.Head("/healthz");  // HEAD as GET, without a body
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  EXPECT_TRUE(head->body.empty());
   auto ready = get(client, "/readyz", &status);
   EXPECT_EQ(status, 200);
   EXPECT_EQ(ready["state"]["generation"], 1);

@@ -59,10 +59,16 @@ class World {
   // `tensor` replaced by root's, in place (same shape on every rank).
   void broadcast(torch::Tensor& tensor, int root = 0);
   void barrier();
+  // Blocks until every rank has called it with the same `name`, however long that takes: for ranks
+  // that finish work of different lengths, where a collective's timeout would mistake the slowest
+  // for a dead one. Every minute it logs which ranks it still waits for. A rank that fails stops
+  // the others through the launcher (or torchrun), so this never waits for a dead rank.
+  void wait_for_all(const std::string& name);
 
  private:
   struct Impl;
   WorldOptions options_;
+  int waits_ = 0;  // wait_for_all calls so far: every rank makes them in the same order
   std::unique_ptr<Impl> impl_;
 };
 
