@@ -56,6 +56,11 @@ class CtrCli : public ::testing::Test {
       "experiments": {"dcn": {"model": {"kind": "dcn"}}, "fm": {"model": {"kind": "fm"}}},
       "compare": {"seeds": 2, "variants": ["base", "codes", "control-genres"], "control_codes": 3}})").string();
   }
+  // `command` (a userip command line) run by `ranks` one-thread ranks of `userip launch`.
+  static int launch(int ranks, const std::string& command, std::string* output) {
+    return run_cli("launch --nproc-per-node " + std::to_string(ranks) + " --threads-per-rank 1 -- userip " + command,
+                   output);
+  }
   TempDir dir_;
   std::string dataset_, config_;
 };
@@ -181,11 +186,7 @@ TEST_F(CtrCli, DataParallelTrainingWithFixedSlicesIsTheSameAtEveryWorldSize) {
   ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "one").string(), &output), 0) << output;
   for (int ranks : {2, 3}) {
     const auto out = dir_ / ("ranks" + std::to_string(ranks));
-    ASSERT_EQ(run_cli("launch --nproc-per-node " + std::to_string(ranks) + " --threads-per-rank 1 -- userip " + common +
-                          " --out " + out.string(),
-                      &output),
-              0)
-        << output;
+    ASSERT_EQ(launch(ranks, common + " --out " + out.string(), &output), 0) << output;
     EXPECT_EQ(read_file(dir_ / "one" / "weights.safetensors"), read_file(out / "weights.safetensors")) << ranks;
     EXPECT_EQ(read_file(dir_ / "one" / "test_scores.csv"), read_file(out / "test_scores.csv")) << ranks;
   }
@@ -205,11 +206,7 @@ TEST_F(CtrCli, ExperimentAcrossRanksGivesTheResultsOfOneProcess) {
   const auto one = nlohmann::json::parse(read_file(dir_ / "one" / "experiment.json"));
   for (int ranks : {2, 3}) {
     const auto out = dir_ / ("ranks" + std::to_string(ranks));
-    ASSERT_EQ(run_cli("launch --nproc-per-node " + std::to_string(ranks) + " --threads-per-rank 1 -- userip " + common +
-                          " --out " + out.string(),
-                      &output),
-              0)
-        << output;
+    ASSERT_EQ(launch(ranks, common + " --out " + out.string(), &output), 0) << output;
     EXPECT_EQ(read_file(dir_ / "one" / "results.md"), read_file(out / "results.md")) << ranks;
     const auto many = nlohmann::json::parse(read_file(out / "experiment.json"));
     ASSERT_EQ(many["runs"].size(), one["runs"].size());
@@ -229,11 +226,7 @@ TEST_F(CtrCli, ExperimentAcrossRanksGivesTheResultsOfOneProcess) {
     EXPECT_FALSE(std::filesystem::exists(out / "runs-rank1.jsonl"));
   }
   // Resumed at another world size: every run is reused.
-  ASSERT_EQ(run_cli("launch --nproc-per-node 2 --threads-per-rank 1 -- userip " + common + " --out " +
-                        (dir_ / "ranks3").string(),
-                    &output),
-            0)
-      << output;
+  ASSERT_EQ(launch(2, common + " --out " + (dir_ / "ranks3").string(), &output), 0) << output;
   EXPECT_NE(output.find("unchanged, reusing the earlier run"), std::string::npos) << output;
   EXPECT_EQ(output.find(": training"), std::string::npos) << output;
   EXPECT_EQ(read_file(dir_ / "one" / "results.md"), read_file(dir_ / "ranks3" / "results.md"));

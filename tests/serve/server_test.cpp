@@ -40,6 +40,22 @@ json get(httplib::Client& client, const std::string& path, int* status) {
   return res->get_header_value("Content-Type") == "application/json" ? json::parse(res->body) : json(res->body);
 }
 
+// POSTs `piece` `times` over as one chunked body (no Content-Length).
+httplib::Result post_chunked(httplib::Client& client, const std::string& path, const std::string& piece,
+                             std::size_t times) {
+  return client.Post(
+      path,
+      [&piece, times](std::size_t offset, httplib::DataSink& sink) {
+        if (offset < times * piece.size()) {
+          sink.write(piece.data(), piece.size());
+        } else {
+          sink.done();
+        }
+        return true;
+      },
+      "application/json");
+}
+
 TEST(ServeServer, ScoresEqualTheSavedModelsPredictions) {
   const auto& world = ServeWorld::get();
   RunningServer running(world.source());
@@ -168,34 +184,12 @@ TEST(ServeServer, AChunkedBodyOverTheLimitIsA413) {
   RunningServer running(ServeWorld::get().source(), options);
   auto client = running.client();
   // No Content-Length: the limit can only be found while the body arrives.
-  const std::string piece(1000, ' ');
-  auto res = client.Post(
-      "/v1/score",
-      [&](std::size_t offset, httplib::DataSink& sink) {
-        if (offset < 10 * piece.size()) {
-          sink.write(piece.data(), piece.size());
-        } else {
-          sink.done();
-        }
-        return true;
-      },
-      "application/json");
+  auto res = post_chunked(client, "/v1/score", std::string(1000, ' '), 10);
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 413) << res->body;
   EXPECT_EQ(json::parse(res->body)["error"], "request body too large");
   // A chunked body within the limit is read whole.
-  const std::string good = R"({"user": "user1", "items": ["item1"]})";
-  auto ok = client.Post(
-      "/v1/score",
-      [&](std::size_t offset, httplib::DataSink& sink) {
-        if (offset == 0) {
-          sink.write(good.data(), good.size());
-        } else {
-          sink.done();
-        }
-        return true;
-      },
-      "application/json");
+  auto ok = post_chunked(client, "/v1/score", R"({"user": "user1", "items": ["item1"]})", 1);
   ASSERT_TRUE(ok);
   EXPECT_EQ(ok->status, 200) << ok->body;
 }
