@@ -13,6 +13,7 @@
 #include "userip/ctr/fused_layers.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
+#include "userip/util/random.h"
 
 namespace userip::ctr {
 namespace {
@@ -76,23 +77,24 @@ class FieldModel : public CtrModel {
   void set_sparse_gradients(bool sparse) override { sparse_gradients_ = sparse; }
 
  protected:
-  FieldModel(const ModelConfig& config, const FieldLayout& layout)
+  FieldModel(const ModelConfig& config, const FieldLayout& layout, const std::optional<TableShard>& shard)
       : config_(config),
         categorical_fields_(static_cast<std::int64_t>(layout.categorical.size())),
         multi_fields_(static_cast<std::int64_t>(layout.multi_hot.size())),
         max_values_(layout.max_values),
         dense_dim_(layout.dense_dim),
         vocabulary_(layout.vocabulary_size()),
-        fields_(layout.num_fields()) {}
+        fields_(layout.num_fields()) {
+    shard_ = shard;
+  }
 
   std::int64_t flat_size() const { return fields_ * config_.embedding_dim; }
 
   void add_embedding() {
     if (vocabulary_ > 0) {
       embedding_ = register_module(
-          "embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(vocabulary_, config_.embedding_dim)));
-      torch::NoGradGuard no_grad;
-      torch::nn::init::normal_(embedding_->weight, 0.0, kEmbeddingInitStd);
+          "embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(table_rows(), config_.embedding_dim)));
+      initialise_table(embedding_->weight, 0);
     }
     if (dense_dim_ > 0) {
       dense_projection_ = register_module(
@@ -102,9 +104,8 @@ class FieldModel : public CtrModel {
 
   void add_first_order() {
     if (vocabulary_ > 0) {
-      linear_ = register_module("linear", torch::nn::Embedding(torch::nn::EmbeddingOptions(vocabulary_, 1)));
-      torch::NoGradGuard no_grad;
-      torch::nn::init::normal_(linear_->weight, 0.0, kEmbeddingInitStd);
+      linear_ = register_module("linear", torch::nn::Embedding(torch::nn::EmbeddingOptions(table_rows(), 1)));
+      initialise_table(linear_->weight, 1);
     }
     if (dense_dim_ > 0) {
       // No bias of its own: the global bias below already is one.
@@ -155,7 +156,35 @@ class FieldModel : public CtrModel {
 
  private:
   torch::Tensor lookup_fields(torch::nn::Embedding& table, const FeatureBatch& batch) const {
-    return ctr::lookup_fields(table->weight, batch, categorical_fields_, multi_fields_, sparse_gradients_);
+    if (table_override_.empty()) {
+      USERIP_CHECK(!shard_, "a CTR model with row-sharded tables reads its rows through ShardedTables "
+                   "(ctr/sharded_tables.h), not from its own share");
+      return ctr::lookup_fields(table->weight, batch, categorical_fields_, multi_fields_, sparse_gradients_);
+    }
+    const std::size_t which = table.get() == embedding_.get() || !embedding_ ? 0 : 1;
+    USERIP_ASSERT(which < table_override_.size());
+    return ctr::lookup_fields(table_override_[which], batch, categorical_fields_, multi_fields_, sparse_gradients_);
+  }
+
+  std::int64_t table_rows() const { return shard_ ? shard_->rows_of(vocabulary_) : vocabulary_; }
+
+  // Whole tables draw from torch's generator. A shard's rows each come from their own generator
+  // (seed, table, row), so that rank r's share holds the values that the same rows have at any world size.
+  void initialise_table(torch::Tensor& weight, int table) const {
+    torch::NoGradGuard no_grad;
+    if (!shard_) {
+      torch::nn::init::normal_(weight, 0.0, kEmbeddingInitStd);
+      return;
+    }
+    USERIP_ASSERT(weight.scalar_type() == torch::kFloat32 && weight.device().is_cpu() && weight.is_contiguous());
+    float* out = weight.data_ptr<float>();
+    const std::int64_t width = weight.size(1);
+    const auto index = static_cast<std::int64_t>(shard_->index()), count = static_cast<std::int64_t>(shard_->count());
+    for (std::int64_t local = 0; local < weight.size(0); ++local) {
+      const auto global = static_cast<std::uint64_t>(local * count + index);
+      Rng row = Rng::derive(shard_->seed, global * 2 + static_cast<std::uint64_t>(table));
+      for (std::int64_t j = 0; j < width; ++j) out[local * width + j] = static_cast<float>(row.normal(0.0, kEmbeddingInitStd));
+    }
   }
 
   std::int64_t categorical_fields_;
@@ -183,14 +212,16 @@ torch::Tensor fm_pairwise(const torch::Tensor& v) {
 // Logistic regression: the first-order part alone.
 class LrModel : public FieldModel {
  public:
-  LrModel(const ModelConfig& config, const FieldLayout& layout) : FieldModel(config, layout) { add_first_order(); }
+  LrModel(const ModelConfig& config, const FieldLayout& layout, const std::optional<TableShard>& shard)
+      : FieldModel(config, layout, shard) { add_first_order(); }
   torch::Tensor forward(const FeatureBatch& batch) override { return first_order(batch); }
 };
 
 // Factorization machine: first order + every pairwise field interaction <v_i, v_j>.
 class FmModel : public FieldModel {
  public:
-  FmModel(const ModelConfig& config, const FieldLayout& layout) : FieldModel(config, layout) {
+  FmModel(const ModelConfig& config, const FieldLayout& layout, const std::optional<TableShard>& shard)
+      : FieldModel(config, layout, shard) {
     add_embedding();
     add_first_order();
   }
@@ -204,8 +235,8 @@ class FmModel : public FieldModel {
 // global bias is the model's one bias).
 class DeepFmModel : public FieldModel {
  public:
-  DeepFmModel(const ModelConfig& config, const FieldLayout& layout)
-      : FieldModel(config, layout), mlp_(flat_size(), config.mlp) {
+  DeepFmModel(const ModelConfig& config, const FieldLayout& layout, const std::optional<TableShard>& shard)
+      : FieldModel(config, layout, shard), mlp_(flat_size(), config.mlp) {
     add_embedding();
     add_first_order();
     register_module("mlp", mlp_.list);
@@ -243,8 +274,8 @@ class VectorCrossImpl : public torch::nn::Module {
 // Extra parameters: mlp.<i>.weight/bias, output.weight [1, d + last hidden], output.bias [1].
 class DcnModel : public FieldModel {
  public:
-  DcnModel(const ModelConfig& config, const FieldLayout& layout)
-      : FieldModel(config, layout), mlp_(flat_size(), config.mlp) {
+  DcnModel(const ModelConfig& config, const FieldLayout& layout, const std::optional<TableShard>& shard)
+      : FieldModel(config, layout, shard), mlp_(flat_size(), config.mlp) {
     add_embedding();
     const auto d = flat_size();
     for (int l = 0; l < config.cross_layers; ++l) {
@@ -331,16 +362,24 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json, const ModelConfig
   return config;
 }
 
-std::shared_ptr<CtrModel> make_model(const ModelConfig& config, const FieldLayout& layout) {
+int TableShard::index() const { return world ? world->rank() : 0; }
+int TableShard::count() const { return world ? world->size() : 1; }
+std::int64_t TableShard::rows_of(std::int64_t vocabulary) const {
+  const std::int64_t n = count(), i = index();
+  return vocabulary > i ? (vocabulary - i + n - 1) / n : 0;
+}
+
+std::shared_ptr<CtrModel> make_model(const ModelConfig& config, const FieldLayout& layout,
+                                     const std::optional<TableShard>& shard) {
   config.validate();
   USERIP_CHECK(layout.num_fields() >= 1, "CTR model: the field layout has no fields (no categorical, multi-hot "
                "or dense input)");
   switch (config.kind) {
-    case ModelKind::lr: return std::make_shared<LrModel>(config, layout);
-    case ModelKind::fm: return std::make_shared<FmModel>(config, layout);
-    case ModelKind::deepfm: return std::make_shared<DeepFmModel>(config, layout);
+    case ModelKind::lr: return std::make_shared<LrModel>(config, layout, shard);
+    case ModelKind::fm: return std::make_shared<FmModel>(config, layout, shard);
+    case ModelKind::deepfm: return std::make_shared<DeepFmModel>(config, layout, shard);
     case ModelKind::dcn:
-    case ModelKind::dcnv2: return std::make_shared<DcnModel>(config, layout);
+    case ModelKind::dcnv2: return std::make_shared<DcnModel>(config, layout, shard);
   }
   USERIP_ASSERT_MSG(false, "unknown ModelKind {}", static_cast<int>(config.kind));
   return nullptr;

@@ -3,6 +3,7 @@
 #include <torch/types.h>
 #include <torch/utils.h>
 
+#include "userip/ctr/sharded_tables.h"
 #include "userip/util/error.h"
 #include "userip/util/log.h"
 
@@ -34,12 +35,15 @@ TrainedModel train_on_dataset(const data::Dataset& dataset, const CtrSettings& s
                  tables.codes ? tables.codes->source : tables.vectors->source);
   }
   torch::manual_seed(settings.train.seed);
-  t.model = make_model(settings.model, t.encoder.layout());
+  std::optional<TableShard> shard;
+  if (settings.train.shard_tables) shard = TableShard{options.world, settings.train.seed};
+  t.model = make_model(settings.model, t.encoder.layout(), shard);
   t.result = train(*t.model, t.examples.train, t.examples.valid, settings.train, options);
   t.test_scores = predict(*t.model, t.examples.test, options.device);
   t.test = evaluate(t.test_scores, t.examples.test);
   t.cold_test_scores = predict(*t.model, t.examples.cold_test, options.device);
   t.cold_test = evaluate(t.cold_test_scores, t.examples.cold_test);
+  if (shard) t.model = assemble_on_root(*t.model, settings.model, t.encoder.layout());
   return t;
 }
 

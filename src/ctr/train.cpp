@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <unordered_set>
 
 #include "userip/ctr/metrics.h"
+#include "userip/ctr/sharded_tables.h"
 #include "userip/tensor/tensor_file.h"
 #include "userip/util/error.h"
 #include "userip/util/fs.h"
@@ -53,12 +55,23 @@ const OptionTable<TrainConfig>& TrainConfig::table() {
         .range(0, 4096)
         .flag("shards")
         .written_when([](const C& c) { return c.shards > 0; });  // runs made before it keep their fingerprints
+    t.add("shard_tables", &C::shard_tables,
+          "Row-shard the embedding tables across the ranks of `userip launch`: each rank holds 1/W of every table's "
+          "rows and their optimizer state, and the rows a batch reads travel by all-to-all (docs/DISTRIBUTED.md). "
+          "Needs lazy_adam or adagrad")
+        .flag("shard-tables")
+        .written_when([](const C& c) { return c.shard_tables; });
     return t;
   }();
   return table;
 }
 
-void TrainConfig::validate() const { table().check(*this, Spelling::key, "train"); }
+void TrainConfig::validate() const {
+  table().check(*this, Spelling::key, "train");
+  USERIP_CHECK(!shard_tables || uses_sparse_gradients(embedding_optimizer),
+               "train: \"shard_tables\" needs a row-wise embedding_optimizer (lazy_adam or adagrad), not {}: adam "
+               "updates every row every step, which a sharded table cannot afford", to_string(embedding_optimizer));
+}
 
 json TrainConfig::to_json() const { return table().to_json(*this); }
 
@@ -145,8 +158,11 @@ void restore(torch::nn::Module& model, const std::vector<torch::Tensor>& copies)
 // slices, each with its own dropout seed, summed in slice order. The slices are shared out across
 // the world's ranks in consecutive groups and their gradients all-gathered, so every rank takes the
 // same step, whatever the world size. Returns the batch's mean loss.
+// With row-sharded tables (`sharded`), the rows that this rank's slices read are fetched first and the
+// tables' gradients go to the rows' owners (ShardedTables) instead of to every rank.
 double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& examples, const torch::Tensor& rows,
-                   int slices, bool sparse_tables, dist::World& world, std::uint64_t step_seed, torch::Device device) {
+                   int slices, bool sparse_tables, dist::World& world, std::uint64_t step_seed, torch::Device device,
+                   ShardedTables* sharded) {
   const std::int64_t n = rows.size(0);
   const std::size_t per_rank = (static_cast<std::size_t>(slices) + static_cast<std::size_t>(world.size()) - 1) /
                                static_cast<std::size_t>(world.size());
@@ -162,19 +178,30 @@ double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& exa
   // gradient, as in a one-slice step.
   std::vector<std::vector<torch::Tensor>> dense(params.size()), indices(params.size()), values(params.size());
   std::vector<double> losses;
+  auto slice_bounds = [&](std::size_t s) {
+    return std::make_pair(static_cast<std::int64_t>(s) * n / slices, static_cast<std::int64_t>(s + 1) * n / slices);
+  };
+  std::vector<FeatureBatch> batches;
   for (std::size_t s = first; s < last; ++s) {
-    const std::int64_t begin = static_cast<std::int64_t>(s) * n / slices, end = static_cast<std::int64_t>(s + 1) * n / slices;
+    const auto [begin, end] = slice_bounds(s);
+    batches.push_back(end > begin ? examples.batch(rows.slice(0, begin, end), device) : FeatureBatch{});
+  }
+  if (sharded) sharded->fetch(batches, /*for_training=*/true);
+  for (std::size_t s = first; s < last; ++s) {
+    const auto [begin, end] = slice_bounds(s);
     optimizer.zero_grad();
     double loss_value = 0;
     if (end > begin) {
       std::uint64_t state = step_seed ^ (0x9E3779B97F4A7C15ULL * (s + 1));
       torch::manual_seed(splitmix64(state));
-      const FeatureBatch batch = examples.batch(rows.slice(0, begin, end), device);
+      const FeatureBatch& fetched = batches[s - first];
+      const FeatureBatch batch = sharded ? sharded->renumber(fetched) : fetched;
       const torch::Tensor loss =
           torch::binary_cross_entropy_with_logits(model.forward(batch), batch.label, {}, {}, at::Reduction::Sum) /
           static_cast<double>(n);
       loss.backward();
       loss_value = loss.item<double>();
+      if (sharded) sharded->take_gradients();
     }
     losses.push_back(loss_value);
     for (std::size_t i = 0; i < params.size(); ++i) {
@@ -201,8 +228,10 @@ double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& exa
   for (const auto& share : world.all_gather_rows(torch::tensor(losses, torch::kDouble)))
     for (std::int64_t k = 0; k < share.size(0); ++k) total_loss += share[k].item<double>();
   torch::NoGradGuard no_grad;
+  if (sharded) sharded->push_gradients();
   for (std::size_t i = 0; i < params.size(); ++i) {
     auto& p = params[i];
+    if (sparse[i] && sharded) continue;  // the owners' gradients, set above
     if (sparse[i]) {
       const std::int64_t width = p.numel() / p.size(0);
       const auto all_indices =
@@ -229,12 +258,16 @@ double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& exa
   return total_loss;
 }
 
-// The parameters and buffers of rank 0 on every rank.
+// The parameters and buffers of rank 0 on every rank; row-sharded tables keep each rank's own rows.
 void broadcast_model(CtrModel& model, dist::World& world) {
   if (!world.distributed()) return;
   torch::NoGradGuard no_grad;
+  std::unordered_set<const void*> is_share;
+  if (model.table_shard())
+    for (const auto& t : model.embedding_parameters()) is_share.insert(t.unsafeGetTensorImpl());
   for (auto tensors : {model.parameters(), model.buffers()}) {
     for (auto& t : tensors) {
+      if (is_share.count(t.unsafeGetTensorImpl())) continue;
       auto cpu = t.detach().cpu().contiguous();
       world.broadcast(cpu);
       t.copy_(cpu);
@@ -244,16 +277,61 @@ void broadcast_model(CtrModel& model, dist::World& world) {
 
 }  // namespace
 
+namespace {
+
+torch::Tensor probabilities(CtrModel& model, const FeatureBatch& batch) {
+  return torch::sigmoid(model.forward(batch)).to(torch::kCPU).to(torch::kFloat32).contiguous();
+}
+
+// predict() of a model with row-sharded tables: the ranks take the batches in turn (batch b on rank
+// b mod W), fetching the rows each reads, and every rank gets every probability.
+std::vector<float> predict_sharded(CtrModel& model, const Examples& examples, torch::Device device,
+                                   std::int64_t batch_size) {
+  ShardedTables tables(model);
+  dist::World& world = tables.world();
+  const std::int64_t ranks = world.size(), batches = (examples.size() + batch_size - 1) / batch_size;
+  std::vector<torch::Tensor> mine;
+  for (std::int64_t round = 0; round * ranks < batches; ++round) {
+    const std::int64_t b = round * ranks + world.rank();
+    if (b >= batches) {
+      tables.fetch({}, false);
+      continue;
+    }
+    const FeatureBatch batch = examples.batch(b * batch_size, std::min(examples.size(), (b + 1) * batch_size), device);
+    tables.fetch({batch}, false);
+    mine.push_back(probabilities(model, tables.renumber(batch)));
+  }
+  const auto all = world.all_gather_rows(mine.empty() ? torch::empty({0}, torch::kFloat32) : torch::cat(mine));
+  std::vector<float> out;
+  out.reserve(static_cast<std::size_t>(examples.size()));
+  std::vector<std::int64_t> taken(static_cast<std::size_t>(ranks), 0);
+  for (std::int64_t b = 0; b < batches; ++b) {
+    const auto r = static_cast<std::size_t>(b % ranks);
+    const std::int64_t count = std::min(examples.size(), (b + 1) * batch_size) - b * batch_size;
+    const float* p = all[r].data_ptr<float>() + taken[r];
+    out.insert(out.end(), p, p + count);
+    taken[r] += count;
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<float> predict(CtrModel& model, const Examples& examples, torch::Device device, std::int64_t batch_size) {
   ScopedSingleThreadedAten thread_policy(device.is_cpu());
   torch::NoGradGuard no_grad;
   const bool was_training = model.is_training();
   model.eval();
+  if (model.table_shard()) {
+    auto out = predict_sharded(model, examples, device, batch_size);
+    model.train(was_training);
+    return out;
+  }
   std::vector<float> out;
   out.reserve(static_cast<std::size_t>(examples.size()));
   for (std::int64_t begin = 0; begin < examples.size(); begin += batch_size) {
     const std::int64_t end = std::min(examples.size(), begin + batch_size);
-    torch::Tensor p = torch::sigmoid(model.forward(examples.batch(begin, end, device))).to(torch::kCPU).to(torch::kFloat32).contiguous();
+    const torch::Tensor p = probabilities(model, examples.batch(begin, end, device));
     out.insert(out.end(), p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
   }
   model.train(was_training);
@@ -292,7 +370,15 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
   // Across ranks, or with fixed slices, each step is computed slice by slice (sliced_step).
   dist::World alone;
   dist::World& world = options.world ? *options.world : alone;
-  const bool sliced = config.shards > 0 || world.distributed();
+  std::optional<ShardedTables> sharded;
+  if (model.table_shard()) {
+    USERIP_CHECK(uses_sparse_gradients(config.embedding_optimizer), "train: a model with row-sharded tables needs embedding_optimizer "
+                 "lazy_adam or adagrad, not {}", to_string(config.embedding_optimizer));
+    sharded.emplace(model);
+    USERIP_CHECK(&sharded->world() == &world || !world.distributed(),
+                 "train: the model's tables are sharded over other ranks than the training's");
+  }
+  const bool sliced = config.shards > 0 || world.distributed() || sharded;
   const int slices = config.shards > 0 ? config.shards : world.size();
   const bool sparse_tables = uses_sparse_gradients(config.embedding_optimizer);
   broadcast_model(model, world);
@@ -324,7 +410,7 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
       if (sliced) {
         std::uint64_t state = config.seed + (static_cast<std::uint64_t>(epoch) << 40) + static_cast<std::uint64_t>(b);
         value = sliced_step(model, optimizer, train_set, order.slice(0, begin, end), slices, sparse_tables, world,
-                            splitmix64(state), options.device);
+                            splitmix64(state), options.device, sharded ? &*sharded : nullptr);
       } else {
         const FeatureBatch batch = train_set.batch(order.slice(0, begin, end), options.device);
         optimizer.zero_grad();

@@ -220,6 +220,47 @@ void World::broadcast(torch::Tensor& tensor, int root) {
 #endif
 }
 
+std::vector<torch::Tensor> World::all_to_all_rows(const std::vector<torch::Tensor>& to_each) {
+  USERIP_CHECK(static_cast<int>(to_each.size()) == size(), "all_to_all_rows: {} tensors for {} ranks", to_each.size(),
+               size());
+  if (!distributed()) return {to_each[0]};
+  std::vector<torch::Tensor> result;
+#if USERIP_HAVE_GLOO
+  const auto& first = to_each[0];
+  USERIP_CHECK(first.dim() >= 1, "all_to_all_rows: tensors of at least one dimension are needed");
+  for (const auto& t : to_each) {
+    USERIP_CHECK(t.device().is_cpu() && t.scalar_type() == first.scalar_type() && t.dim() == first.dim() &&
+                     t.sizes().slice(1) == first.sizes().slice(1),
+                 "all_to_all_rows: the tensors for the ranks differ in device, dtype or trailing shape");
+  }
+  // Every rank's row counts for every rank, so that each knows what it receives from whom.
+  std::vector<std::int64_t> sent;
+  for (const auto& t : to_each) sent.push_back(t.size(0));
+  const auto counts = all_gather_rows(torch::tensor(sent, torch::kLong));
+  std::vector<std::int64_t> input_counts = sent, output_counts;
+  for (const auto& from : counts) output_counts.push_back(from[rank()].item<std::int64_t>());
+  auto input = torch::cat(to_each).contiguous();
+  auto shape = first.sizes().vec();
+  shape[0] = 0;
+  for (auto c : output_counts) shape[0] += c;
+  auto output = torch::empty(shape, first.options());
+  // Gloo's alltoall wants at least one element somewhere; an exchange of nothing needs no call.
+  std::int64_t total = 0;
+  for (const auto& from : counts) total += from.sum().item<std::int64_t>();
+  if (total > 0) {
+    // Gloo moves the split sizes out of the vectors it is given: it gets copies.
+    std::vector<std::int64_t> output_splits = output_counts, input_splits = input_counts;
+    collective("all-to-all", rank(), [&] { return impl_->group->alltoall_base(output, input, output_splits, input_splits); });
+  }
+  std::int64_t at = 0;
+  for (auto c : output_counts) {
+    result.push_back(output.narrow(0, at, c));
+    at += c;
+  }
+#endif
+  return result;
+}
+
 void World::barrier() {
   if (!distributed()) return;
 #if USERIP_HAVE_GLOO

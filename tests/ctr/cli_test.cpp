@@ -196,6 +196,28 @@ TEST_F(CtrCli, DataParallelTrainingWithFixedSlicesIsTheSameAtEveryWorldSize) {
   EXPECT_GT(result_line(output)["test"]["auc"].get<double>(), 0.6) << output;
 }
 
+// Row-sharded tables (each rank holds a third or half of every table's rows and their Adam state):
+// the saved model, assembled on rank 0, is byte for byte the same at world sizes 1, 2 and 3.
+TEST_F(CtrCli, RowShardedTablesGiveTheSameModelAtEveryWorldSize) {
+  std::string output;
+  const std::string common = "ctr train --dataset " + dataset_ + " --config " + config_ + " --experiment fm --bank " +
+                             (dir_ / "bank.sqlite").string() + " --shards 3 --epochs 2 --shard-tables";
+  ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "one").string(), &output), 0) << output;
+  EXPECT_GT(result_line(output)["test"]["auc"].get<double>(), 0.6) << output;
+  for (int ranks : {2, 3}) {
+    const auto out = dir_ / ("ranks" + std::to_string(ranks));
+    ASSERT_EQ(launch(ranks, common + " --out " + out.string(), &output), 0) << output;
+    EXPECT_EQ(read_file(dir_ / "one" / "weights.safetensors"), read_file(out / "weights.safetensors")) << ranks;
+    EXPECT_EQ(read_file(dir_ / "one" / "test_scores.csv"), read_file(out / "test_scores.csv")) << ranks;
+  }
+  // The configuration is recorded with the model.
+  const auto record = nlohmann::json::parse(read_file(dir_ / "ranks3" / "ctr_model.json"));
+  EXPECT_EQ(record["train"]["shard_tables"], true) << record["train"].dump();
+  // Adam over every row cannot be sharded: the error says what to use.
+  ASSERT_NE(run_cli(common + " --embedding-optimizer adam --out " + (dir_ / "adam").string(), &output), 0);
+  EXPECT_NE(output.find("lazy_adam or adagrad"), std::string::npos) << output;
+}
+
 // The experiment's runs dealt out to the ranks: each run is trained whole by one rank, so every
 // figure equals one process's (with one thread per rank); rank 0 writes the files.
 TEST_F(CtrCli, ExperimentAcrossRanksGivesTheResultsOfOneProcess) {

@@ -9,8 +9,10 @@
 #include <optional>
 #include <thread>
 
+#include "support/ranks.h"
 #include "support/temp_dir.h"
 #include "userip/dist/launch.h"
+#include "userip/util/error.h"
 
 namespace userip::dist {
 namespace {
@@ -99,36 +101,45 @@ TEST(World, ItemsAreDealtOutInConsecutiveGroupsInRankOrder) {
 // Ranks that finish work of different lengths: wait_for_all outlasts the collectives' timeout
 // (1 s here), where a barrier would call the late rank dead. Two ranks as threads of one process.
 TEST(World, WaitForAllOutlastsTheCollectiveTimeout) {
-  testing::TempDir dir;
   std::vector<std::int64_t> gathered(2, -1);
-  std::vector<std::string> errors(2);
-  std::vector<std::thread> ranks;
-  for (int r = 0; r < 2; ++r) {
-    ranks.emplace_back([&, r] {
-      try {
-        WorldOptions options;
-        options.rank = r;
-        options.size = 2;
-        options.local_rank = r;
-        options.local_size = 2;
-        options.store_file = (dir.path() / "store").string();
-        options.timeout = std::chrono::seconds(1);
-        World world(options);
-        if (r == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // the long share
+  const auto errors = testing::on_ranks(
+      2,
+      [&](World& world) {
+        if (world.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // the long share
         world.wait_for_all("work");
         world.wait_for_all("work");  // a second wait of the same name is a new one
-        const auto all = world.all_gather_rows(torch::full({1}, 10 + r, torch::kLong));
-        gathered[static_cast<std::size_t>(r)] = all[0].item<std::int64_t>() + all[1].item<std::int64_t>();
-      } catch (const std::exception& e) {
-        errors[static_cast<std::size_t>(r)] = e.what();
-      }
-    });
-  }
-  for (auto& t : ranks) t.join();
+        const auto all = world.all_gather_rows(torch::full({1}, 10 + world.rank(), torch::kLong));
+        gathered[static_cast<std::size_t>(world.rank())] = all[0].item<std::int64_t>() + all[1].item<std::int64_t>();
+      },
+      std::chrono::seconds(1));
   EXPECT_EQ(errors[0], "");
   EXPECT_EQ(errors[1], "");
   EXPECT_EQ(gathered[0], 21);
   EXPECT_EQ(gathered[1], 21);
+}
+
+// Rank r sends r + d rows to rank d (none from rank 0 to rank 0), each row naming its sender and
+// receiver: every rank receives, in rank order, exactly what was meant for it.
+TEST(World, AllToAllDeliversUnevenSharesInRankOrder) {
+  constexpr int kRanks = 3;
+  const auto errors = testing::on_ranks(kRanks, [](World& world) {
+    const int r = world.rank();
+    std::vector<torch::Tensor> to_each;
+    for (int d = 0; d < kRanks; ++d) to_each.push_back(torch::full({r + d, 2}, 10 * r + d, torch::kLong));
+    const auto got = world.all_to_all_rows(to_each);
+    ASSERT_EQ(got.size(), static_cast<std::size_t>(kRanks));
+    for (int from = 0; from < kRanks; ++from) {
+      const auto& rows = got[static_cast<std::size_t>(from)];
+      EXPECT_EQ(rows.sizes(), torch::IntArrayRef({from + r, 2})) << r << " from " << from;
+      EXPECT_TRUE(rows.eq(10 * from + r).all().item<bool>()) << r << " from " << from;
+    }
+    // Nothing to send anywhere is an exchange too.
+    const auto none = world.all_to_all_rows(std::vector<torch::Tensor>(kRanks, torch::empty({0}, torch::kFloat)));
+    EXPECT_EQ(none.size(), static_cast<std::size_t>(kRanks));
+    // One tensor per rank is required.
+    EXPECT_THROW(world.all_to_all_rows({torch::zeros({1})}), Error);
+  });
+  for (const auto& e : errors) EXPECT_EQ(e, "");
 }
 
 TEST(Launch, BadOptionsAreErrorsNamingTheOption) {

@@ -51,6 +51,8 @@ void add_option_flags(CLI::App* cmd, const OptionTable<Options>& table, Options&
           } else {
             value.push_back(text);
           }
+        } else if (f->kind == "boolean" && text.empty()) {
+          value = true;  // the bare flag
         } else {
           value = option_detail::parse_text(text, f->kind);
         }
@@ -73,6 +75,8 @@ void add_option_flags(CLI::App* cmd, const OptionTable<Options>& table, Options&
           option_help<Options>(field))->delimiter(',');
     } else {
       option = cmd->add_option_function<std::string>(names, apply, option_help<Options>(field));
+      // `--flag` alone means true; `--flag false` still turns a default of true off.
+      if (field.kind == "boolean") option->expected(0, 1);
     }
     const std::string type = field.kind == "object of integers" ? "NAME=K"
                              : field.kind == "integer"           ? "INT"
@@ -81,7 +85,11 @@ void add_option_flags(CLI::App* cmd, const OptionTable<Options>& table, Options&
                              : field.kind == "boolean"           ? "BOOL"
                                                                  : "TEXT";
     option->type_name(type);
-    if (!field.default_note.empty()) {
+    if (field.kind == "boolean") {
+      // CLI11 hands a bare optional-value flag its default string, which would turn `--flag` off:
+      // booleans show their default in the help instead.
+      option->description(option->get_description() + "; default " + option_detail::show(field.get(shown)));
+    } else if (!field.default_note.empty()) {
       option->default_str(field.default_note);
     } else if (!repeatable) {
       option->default_str(option_detail::show(field.get(shown)));

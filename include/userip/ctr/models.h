@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -15,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "userip/ctr/batch.h"
+#include "userip/dist/world.h"
 #include "userip/util/option_table.h"
 
 namespace userip::ctr {
@@ -39,6 +41,21 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& json) { return from_json(json, ModelConfig()); }
 };
 
+// A model whose embedding tables are row-sharded across the ranks of a run (docs/DISTRIBUTED.md,
+// "Tables larger than one process"): global row g of every table lives on rank g mod count, as
+// local row g div count, so the rows of a field (users, items) are spread over every rank. A
+// sharded table's rows start from a generator keyed by (seed, table, row): the same values
+// whatever the number of ranks. The model reads the rows a batch needs through ShardedTables
+// (ctr/sharded_tables.h), which brings them from their ranks; `world` is the ranks it is shared by.
+struct TableShard {
+  dist::World* world = nullptr;
+  std::uint64_t seed = 0;
+  int index() const;  // this rank
+  int count() const;  // the ranks sharing the tables
+  // Rows of a table of `vocabulary` rows held here.
+  std::int64_t rows_of(std::int64_t vocabulary) const;
+};
+
 class CtrModel : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(const FeatureBatch& batch) = 0;  // logits [B]
@@ -47,9 +64,21 @@ class CtrModel : public torch::nn::Module {
   // Whether the tables' gradients are sparse (only the looked-up rows, for a row-wise optimizer,
   // ctr/optimizer.h) or dense [V, k]. Off after construction. The forward values are the same.
   virtual void set_sparse_gradients(bool sparse) = 0;
+  // Row-sharded tables (TableShard): null when this model holds whole tables.
+  const TableShard* table_shard() const { return shard_ ? &*shard_ : nullptr; }
+  // For the forwards that follow, one tensor per table (embedding_parameters() order) to read in place
+  // of the tables, with the batch's indices already renumbered into them; none: the model's own
+  // tables again. A sharded model's forward needs them (its own rows are only this rank's share).
+  void read_tables_from(std::vector<torch::Tensor> tables) { table_override_ = std::move(tables); }
+
+ protected:
+  std::optional<TableShard> shard_;
+  std::vector<torch::Tensor> table_override_;
 };
 
-// Builds the model for the layout, parameters initialised from the current torch seed.
-std::shared_ptr<CtrModel> make_model(const ModelConfig& config, const FieldLayout& layout);
+// Builds the model for the layout, parameters initialised from the current torch seed. With a
+// `shard`, each table holds only this rank's rows (TableShard), initialised from shard->seed.
+std::shared_ptr<CtrModel> make_model(const ModelConfig& config, const FieldLayout& layout,
+                                     const std::optional<TableShard>& shard = std::nullopt);
 
 }  // namespace userip::ctr

@@ -39,6 +39,9 @@ struct TrainConfig {
   // with the same value). 0: one slice in one process, one per rank across ranks (results then
   // depend on the world size).
   int shards = 0;
+  // Row-shard the embedding tables across the ranks (TableShard, ctr/sharded_tables.h): for tables
+  // too large for one process. The model is the same at every world size with fixed `shards`.
+  bool shard_tables = false;
 
   // Every option above, declared once: JSON key (the configuration's "train" section), meaning, range.
   static const OptionTable<TrainConfig>& table();

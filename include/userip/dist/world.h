@@ -58,6 +58,10 @@ class World {
   std::vector<torch::Tensor> all_gather_rows(const torch::Tensor& tensor);
   // `tensor` replaced by root's, in place (same shape on every rank).
   void broadcast(torch::Tensor& tensor, int root = 0);
+  // Personalised exchange: `to_each[r]` goes to rank r, and the result's entry r is what rank r sent
+  // here. One entry per rank; the tensors are CPU tensors of one dtype whose shapes differ in their
+  // first dimension only (any row count, 0 included), the same trailing shape on every rank.
+  std::vector<torch::Tensor> all_to_all_rows(const std::vector<torch::Tensor>& to_each);
   void barrier();
   // Blocks until every rank has called it with the same `name`, however long that takes: for ranks
   // that finish work of different lengths, where a collective's timeout would mistake the slowest
