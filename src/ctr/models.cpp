@@ -92,8 +92,7 @@ class FieldModel : public CtrModel {
 
   void add_embedding() {
     if (vocabulary_ > 0) {
-      embedding_ = register_module(
-          "embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(table_rows(), config_.embedding_dim)));
+      embedding_ = register_module("embedding", torch::nn::Embedding(table_options(config_.embedding_dim)));
       initialise_table(embedding_->weight, 0);
     }
     if (dense_dim_ > 0) {
@@ -104,7 +103,7 @@ class FieldModel : public CtrModel {
 
   void add_first_order() {
     if (vocabulary_ > 0) {
-      linear_ = register_module("linear", torch::nn::Embedding(torch::nn::EmbeddingOptions(table_rows(), 1)));
+      linear_ = register_module("linear", torch::nn::Embedding(table_options(1)));
       initialise_table(linear_->weight, 1);
     }
     if (dense_dim_ > 0) {
@@ -166,7 +165,14 @@ class FieldModel : public CtrModel {
     return ctr::lookup_fields(table_override_[which], batch, categorical_fields_, multi_fields_, sparse_gradients_);
   }
 
-  std::int64_t table_rows() const { return shard_ ? shard_->rows_of(vocabulary_) : vocabulary_; }
+  // A whole table is drawn by torch's Embedding, then again below (which runs have always done). A
+  // shard is handed its storage, so that it draws nothing from torch's generator: the layers built
+  // after it start from the same draws whatever share this rank holds.
+  torch::nn::EmbeddingOptions table_options(std::int64_t width) const {
+    if (!shard_) return torch::nn::EmbeddingOptions(vocabulary_, width);
+    const std::int64_t rows = shard_->rows_of(vocabulary_);
+    return torch::nn::EmbeddingOptions(rows, width)._weight(torch::empty({rows, width}));
+  }
 
   // Whole tables draw from torch's generator. A shard's rows each come from their own generator
   // (seed, table, row), so that rank r's share holds the values that the same rows have at any world size.

@@ -191,7 +191,6 @@ std::shared_ptr<CtrModel> assemble_on_root(CtrModel& sharded, const ModelConfig&
   }
   auto buffers = whole->named_buffers();
   for (const auto& item : sharded.named_buffers()) buffers[item.key()].copy_(item.value().detach().cpu());
-  whole->to(shares.empty() ? torch::Device(torch::kCPU) : shares.front().device());
   whole->eval();
   return whole;
 }

@@ -287,9 +287,11 @@ torch::Tensor probabilities(CtrModel& model, const FeatureBatch& batch) {
 // b mod W), fetching the rows each reads, and every rank gets every probability.
 std::vector<float> predict_sharded(CtrModel& model, const Examples& examples, torch::Device device,
                                    std::int64_t batch_size) {
+  const std::int64_t batches = (examples.size() + batch_size - 1) / batch_size;
+  if (batches == 0) return {};  // every rank has the same examples: none exchanges
   ShardedTables tables(model);
   dist::World& world = tables.world();
-  const std::int64_t ranks = world.size(), batches = (examples.size() + batch_size - 1) / batch_size;
+  const std::int64_t ranks = world.size();
   std::vector<torch::Tensor> mine;
   for (std::int64_t round = 0; round * ranks < batches; ++round) {
     const std::int64_t b = round * ranks + world.rank();
@@ -375,7 +377,7 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
     USERIP_CHECK(uses_sparse_gradients(config.embedding_optimizer), "train: a model with row-sharded tables needs embedding_optimizer "
                  "lazy_adam or adagrad, not {}", to_string(config.embedding_optimizer));
     sharded.emplace(model);
-    USERIP_CHECK(&sharded->world() == &world || !world.distributed(),
+    USERIP_CHECK(&sharded->world() == &world || (!world.distributed() && !sharded->world().distributed()),
                  "train: the model's tables are sharded over other ranks than the training's");
   }
   const bool sliced = config.shards > 0 || world.distributed() || sharded;

@@ -197,10 +197,11 @@ TEST_F(CtrCli, DataParallelTrainingWithFixedSlicesIsTheSameAtEveryWorldSize) {
 }
 
 // Row-sharded tables (each rank holds a third or half of every table's rows and their Adam state):
-// the saved model, assembled on rank 0, is byte for byte the same at world sizes 1, 2 and 3.
+// the saved DCN (cross layers, MLP and dropout built after the tables), assembled on rank 0, is byte
+// for byte the same at world sizes 1, 2 and 3.
 TEST_F(CtrCli, RowShardedTablesGiveTheSameModelAtEveryWorldSize) {
   std::string output;
-  const std::string common = "ctr train --dataset " + dataset_ + " --config " + config_ + " --experiment fm --bank " +
+  const std::string common = "ctr train --dataset " + dataset_ + " --config " + config_ + " --experiment dcn --bank " +
                              (dir_ / "bank.sqlite").string() + " --shards 3 --epochs 2 --shard-tables";
   ASSERT_EQ(run_cli("--threads 1 " + common + " --out " + (dir_ / "one").string(), &output), 0) << output;
   EXPECT_GT(result_line(output)["test"]["auc"].get<double>(), 0.6) << output;

@@ -124,8 +124,9 @@ TEST(ShardedTables, AForwardAndAStepGiveOneRanksResultsAtEveryWorldSize) {
   const auto errors = on_ranks(3, [&](dist::World& world) {
     auto model = make_model(config(), layout(), TableShard{&world, 99});
     const auto shares = model->embedding_parameters();
-    // The dense layers come from torch's generator, which the threads share: the one rank's here, as
-    // broadcast_model gives every rank rank 0's.
+    // The dense layers come from torch's generator, which these threads share and draw from at once:
+    // the one rank's here, as broadcast_model gives every rank rank 0's. (Across processes a shard
+    // draws nothing from it, so every world size builds the same dense layers: CtrCli's DCN test.)
     {
       torch::NoGradGuard no_grad;
       auto reference = one.model->named_parameters();

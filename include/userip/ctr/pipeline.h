@@ -38,7 +38,7 @@ struct TrainedModel {
 
 // Seeds torch with settings.train.seed before building the model, so a run is reproducible on the CPU.
 // With settings.train.shard_tables the tables are row-sharded over options.world, and on return
-// `model` is the whole model on rank 0 and null on the other ranks.
+// `model` is the whole model on rank 0, on the CPU, and null on the other ranks.
 TrainedModel train_on_dataset(const data::Dataset& dataset, const CtrSettings& settings, const ProfileTables& tables,
                               const TrainOptions& options);
 

@@ -50,8 +50,9 @@ class ShardedTables {
   std::unique_ptr<Impl> impl_;
 };
 
-// Collective. The whole model, its tables assembled from every rank's share, on rank 0 (null on
-// the others): what `ctr train` saves and `serve` loads. Only this step needs a whole table in one
+// Collective. The whole model, its tables assembled from every rank's share, on rank 0 and on the
+// CPU (null on the other ranks): what `ctr train` saves and `serve` loads. It stays off the GPU,
+// where a table too large for one process would least fit. Only this step needs a whole table in one
 // process, without its optimizer state. The rows travel in blocks of about `block_bytes` per rank.
 std::shared_ptr<CtrModel> assemble_on_root(CtrModel& sharded, const ModelConfig& config, const FieldLayout& layout,
                                            std::int64_t block_bytes = std::int64_t{64} << 20);
