@@ -160,7 +160,9 @@ class FieldModel : public CtrModel {
                    "(ctr/sharded_tables.h), not from its own share");
       return ctr::lookup_fields(table->weight, batch, categorical_fields_, multi_fields_, sparse_gradients_);
     }
-    const std::size_t which = table.get() == embedding_.get() || !embedding_ ? 0 : 1;
+    // The override lists the tables as embedding_parameters() does: the first-order one second,
+    // or first where there is no embedding (LR).
+    const std::size_t which = embedding_ && table.get() != embedding_.get() ? 1 : 0;
     USERIP_ASSERT(which < table_override_.size());
     return ctr::lookup_fields(table_override_[which], batch, categorical_fields_, multi_fields_, sparse_gradients_);
   }

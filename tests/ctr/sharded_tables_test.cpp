@@ -170,6 +170,44 @@ TEST(ShardedTables, AForwardAndAStepGiveOneRanksResultsAtEveryWorldSize) {
   for (const auto& e : errors) EXPECT_EQ(e, "");
 }
 
+// Fewer rows than ranks: rank 2 holds none of a 2-row table, yet takes part in every exchange, and
+// the step and the assembled model are the one rank's.
+TEST(ShardedTables, ARankWithoutRowsTakesPartInEveryExchange) {
+  FieldLayout small;
+  small.categorical = {{"user", FieldKind::categorical, 0, 2}};
+  ModelConfig lr;
+  lr.kind = ModelKind::lr;
+  OptimizerSettings settings;
+  settings.embedding_learning_rate = 0.1;
+  FeatureBatch b;
+  b.categorical = torch::tensor(std::vector<std::int64_t>{1, 0, 1}).unsqueeze(1);
+  b.label = torch::ones({3});
+  // Only the rank `reads` has the batch; the others exchange nothing.
+  auto step = [&](CtrModel& model, bool reads) {
+    CtrOptimizer optimizer(model.embedding_parameters(), {}, settings);
+    model.set_sparse_gradients(true);
+    ShardedTables tables(model);
+    tables.fetch(reads ? std::vector<FeatureBatch>{b} : std::vector<FeatureBatch>{}, true);
+    if (reads) {
+      model.forward(tables.renumber(b)).sum().backward();
+      tables.take_gradients();
+    }
+    tables.push_gradients();
+    optimizer.step();
+  };
+  auto one = make_model(lr, small, TableShard{nullptr, 5});
+  step(*one, true);
+  const torch::Tensor expected = one->embedding_parameters()[0].detach().clone();
+  const auto errors = on_ranks(3, [&](dist::World& world) {
+    auto model = make_model(lr, small, TableShard{&world, 5});
+    EXPECT_EQ(model->embedding_parameters()[0].size(0), world.rank() < 2 ? 1 : 0);
+    step(*model, world.rank() == 2);  // the rank without rows reads both
+    auto whole = assemble_on_root(*model, lr, small);
+    if (whole) EXPECT_TRUE(torch::equal(whole->embedding_parameters()[0], expected));
+  });
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+}
+
 TEST(ShardedTables, NeedARowWiseOptimizer) {
   TrainConfig config;
   config.shard_tables = true;
