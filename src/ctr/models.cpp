@@ -11,6 +11,7 @@
 #include <limits>
 
 #include "userip/ctr/fused_layers.h"
+#include "userip/dist/world.h"
 #include "userip/util/enum_names.h"
 #include "userip/util/error.h"
 #include "userip/util/random.h"
@@ -368,6 +369,12 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json, const ModelConfig
   table().read(json, config, "model config", Absent::keep);
   config.validate();
   return config;
+}
+
+bool CtrModel::is_table(const torch::Tensor& tensor) {
+  for (const auto& table : embedding_parameters())
+    if (table.unsafeGetTensorImpl() == tensor.unsafeGetTensorImpl()) return true;
+  return false;
 }
 
 int TableShard::index() const { return world ? world->rank() : 0; }

@@ -4,7 +4,6 @@
 #include <torch/utils.h>
 
 #include <algorithm>
-#include <unordered_set>
 
 #include "userip/util/error.h"
 
@@ -161,17 +160,14 @@ std::shared_ptr<CtrModel> assemble_on_root(CtrModel& sharded, const ModelConfig&
   if (world.is_root()) whole = make_model(config, layout);
   torch::NoGradGuard no_grad;
   const auto shares = sharded.embedding_parameters();
-  std::unordered_set<const void*> is_share;
+  // Rank 0's share is the largest: its length sets the number of rounds every rank makes.
+  const std::int64_t longest = (layout.vocabulary_size() + ranks - 1) / ranks;
   for (std::size_t t = 0; t < shares.size(); ++t) {
-    is_share.insert(shares[t].unsafeGetTensorImpl());
     const torch::Tensor mine = shares[t].detach();
     // The rows go to rank 0 a block at a time, so that it never holds a second whole table in transit.
-    // Rank 0's share is the largest: its length sets the number of rounds every rank makes.
-    torch::Tensor longest = torch::full({1}, world.is_root() ? mine.size(0) : 0, torch::kLong);
-    world.all_reduce_sum(longest);
     const std::int64_t block = std::max<std::int64_t>(1, block_bytes / std::max<std::int64_t>(1, mine.size(1) * mine.element_size()));
     torch::Tensor table = whole ? whole->embedding_parameters()[t] : torch::Tensor();
-    for (std::int64_t first = 0; first < longest.item<std::int64_t>(); first += block) {
+    for (std::int64_t first = 0; first < longest; first += block) {
       const std::int64_t begin = std::min(first, mine.size(0)), end = std::min(first + block, mine.size(0));
       std::vector<torch::Tensor> to_each(static_cast<std::size_t>(ranks), mine.narrow(0, 0, 0).cpu());
       to_each[0] = mine.narrow(0, begin, end - begin).cpu().contiguous();
@@ -187,7 +183,7 @@ std::shared_ptr<CtrModel> assemble_on_root(CtrModel& sharded, const ModelConfig&
   if (!whole) return nullptr;
   auto parameters = whole->named_parameters();
   for (const auto& item : sharded.named_parameters()) {
-    if (!is_share.count(item.value().unsafeGetTensorImpl())) parameters[item.key()].copy_(item.value().detach().cpu());
+    if (!sharded.is_table(item.value())) parameters[item.key()].copy_(item.value().detach().cpu());
   }
   auto buffers = whole->named_buffers();
   for (const auto& item : sharded.named_buffers()) buffers[item.key()].copy_(item.value().detach().cpu());

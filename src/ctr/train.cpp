@@ -168,10 +168,8 @@ double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& exa
                                static_cast<std::size_t>(world.size());
   const auto [first, last] = dist::share_of_span(0, static_cast<std::size_t>(slices), per_rank, world.rank());
   std::vector<torch::Tensor> params = model.parameters();
-  std::unordered_set<const void*> is_table;
-  for (const auto& t : model.embedding_parameters()) is_table.insert(t.unsafeGetTensorImpl());
   std::vector<bool> sparse(params.size(), false);
-  for (std::size_t i = 0; i < params.size(); ++i) sparse[i] = sparse_tables && is_table.count(params[i].unsafeGetTensorImpl());
+  for (std::size_t i = 0; i < params.size(); ++i) sparse[i] = sparse_tables && model.is_table(params[i]);
   // Per parameter, this rank's slices' gradients: dense ones as [slices, numel]; sparse ones (the
   // embedding tables under a sparse optimizer) as their entries' indices and values. A dense row
   // starts with 1 where the slice reached the parameter, so that one no slice reached keeps no
@@ -262,22 +260,15 @@ double sliced_step(CtrModel& model, CtrOptimizer& optimizer, const Examples& exa
 void broadcast_model(CtrModel& model, dist::World& world) {
   if (!world.distributed()) return;
   torch::NoGradGuard no_grad;
-  std::unordered_set<const void*> is_share;
-  if (model.table_shard())
-    for (const auto& t : model.embedding_parameters()) is_share.insert(t.unsafeGetTensorImpl());
   for (auto tensors : {model.parameters(), model.buffers()}) {
     for (auto& t : tensors) {
-      if (is_share.count(t.unsafeGetTensorImpl())) continue;
+      if (model.table_shard() && model.is_table(t)) continue;
       auto cpu = t.detach().cpu().contiguous();
       world.broadcast(cpu);
       t.copy_(cpu);
     }
   }
 }
-
-}  // namespace
-
-namespace {
 
 torch::Tensor probabilities(CtrModel& model, const FeatureBatch& batch) {
   return torch::sigmoid(model.forward(batch)).to(torch::kCPU).to(torch::kFloat32).contiguous();
@@ -355,11 +346,9 @@ TrainResult train(CtrModel& model, const Examples& train_set, const Examples& va
   // Weight decay on the embedding tables only: the usual L2 of CTR models, which keeps rare ids'
   // embeddings small without shrinking the dense layers.
   std::vector<torch::Tensor> embeddings = model.embedding_parameters();
-  std::unordered_set<const void*> is_embedding;
-  for (const auto& t : embeddings) is_embedding.insert(t.unsafeGetTensorImpl());
   std::vector<torch::Tensor> others;
   for (const auto& p : model.parameters()) {
-    if (!is_embedding.count(p.unsafeGetTensorImpl())) others.push_back(p);
+    if (!model.is_table(p)) others.push_back(p);
   }
   model.set_sparse_gradients(uses_sparse_gradients(config.embedding_optimizer));
   CtrOptimizer optimizer(embeddings, others, config.optimizer_settings());

@@ -203,7 +203,9 @@ TEST(ShardedTables, ARankWithoutRowsTakesPartInEveryExchange) {
     EXPECT_EQ(model->embedding_parameters()[0].size(0), world.rank() < 2 ? 1 : 0);
     step(*model, world.rank() == 2);  // the rank without rows reads both
     auto whole = assemble_on_root(*model, lr, small);
-    if (whole) EXPECT_TRUE(torch::equal(whole->embedding_parameters()[0], expected));
+    if (whole) {
+      EXPECT_TRUE(torch::equal(whole->embedding_parameters()[0], expected));
+    }
   });
   for (const auto& e : errors) EXPECT_EQ(e, "");
 }

@@ -16,8 +16,11 @@
 #include <nlohmann/json.hpp>
 
 #include "userip/ctr/batch.h"
-#include "userip/dist/world.h"
 #include "userip/util/option_table.h"
+
+namespace userip::dist {
+class World;
+}
 
 namespace userip::ctr {
 
@@ -61,6 +64,8 @@ class CtrModel : public torch::nn::Module {
   virtual torch::Tensor forward(const FeatureBatch& batch) = 0;  // logits [B]
   // Parameters that weight decay (L2) applies to: the embedding tables.
   virtual std::vector<torch::Tensor> embedding_parameters() = 0;
+  // Whether `tensor` is one of embedding_parameters() (the same storage, not equal values).
+  bool is_table(const torch::Tensor& tensor);
   // Whether the tables' gradients are sparse (only the looked-up rows, for a row-wise optimizer,
   // ctr/optimizer.h) or dense [V, k]. Off after construction. The forward values are the same.
   virtual void set_sparse_gradients(bool sparse) = 0;
